@@ -1,0 +1,69 @@
+"""The ``icrl`` command: a LightningCLI over every icrl model and data module.
+
+``icrl fit --config configs/recall/fig1/reparam-linear-fa.yaml`` trains a paper model; any
+LightningModule / LightningDataModule can be named with ``class_path``. Every data module exposes
+a ``task`` property (a plain dict: vocabulary sizes, α, dimensions, ...) which is linked into the
+model's ``task`` argument, so the model is always built for the data it will see.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+class IcrlCLI(LightningCLI):
+    """LightningCLI with the data → model link, TensorBoard by default and clean config errors."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--name", type=str, default="icrl", help="Experiment name: TensorBoard logs go to <default_root_dir>/<name>/version_<n>."
+        )
+        parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        # Invalid settings raise ValueError in constructors; report them as CLI errors (exit 2)
+        # before any training step, instead of a traceback.
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            self.parser.error(str(err))
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        logger_cfg = self._get(self.config, "trainer", default={}).get("logger")
+        if logger_cfg is None or logger_cfg is True:
+            # Lightning's default TensorBoardLogger writes a meaningless hp_metric; replace it.
+            trainer.loggers = [
+                TensorBoardLogger(trainer.default_root_dir, name=self._get(self.config, "name"), default_hp_metric=False)
+            ]
+        if trainer.is_global_zero and trainer.logger is not None and self.subcommand is not None:
+            root = Path(trainer.logger.save_dir or trainer.default_root_dir)
+            print(f"icrl: logging to {trainer.logger.log_dir}  (watch with: tensorboard --logdir {root})", file=sys.stderr)
+        return trainer
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> IcrlCLI:
+    """Entry point of ``icrl``; tests and notebooks call it with ``args`` instead of ``sys.argv``."""
+    return IcrlCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main() -> None:
+    """Console script ``icrl`` (returns None, so the exit status is 0 on success)."""
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

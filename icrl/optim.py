@@ -1,0 +1,67 @@
+"""Normalized gradient descent (SPEC R.5).
+
+``θ ← θ − η · g / ‖g‖₂``, with the norm taken per parameter tensor (the paper's rule) or once over
+all tensors of a parameter group (``global_norm=True``). A tensor whose gradient norm is zero is
+left unchanged: zero-initialised models have such tensors on their first step, and dividing by
+zero there would write NaNs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+
+def normalized_gd_step(params: list[Tensor], grads: list[Tensor], lr: float, global_norm: bool = False) -> None:
+    """Apply one normalized-GD step in place.
+
+    >>> p = torch.tensor([1.0, 1.0]); g = torch.tensor([3.0, 4.0])
+    >>> normalized_gd_step([p], [g], lr=0.5); p
+    tensor([0.7000, 0.6000])
+    >>> q = torch.zeros(2); normalized_gd_step([q], [torch.zeros(2)], lr=0.5); q
+    tensor([0., 0.])
+    """
+    if not params:
+        return
+    if global_norm:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norms = [norm] * len(grads)
+    else:
+        norms = [torch.linalg.vector_norm(g) for g in grads]
+    for p, g, n in zip(params, grads, norms):
+        # where(n > 0, ...) keeps zero-gradient tensors fixed without a host sync on the norm
+        scale = torch.where(n > 0, lr / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(n))
+        p.sub_(g * scale)
+
+
+class NormalizedGD(torch.optim.Optimizer):
+    """Normalized gradient descent, selectable from YAML as ``icrl.optim.NormalizedGD``.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: step size ``η`` (> 0); each tensor moves exactly ``η`` in Euclidean norm per step.
+        global_norm: normalise by one norm over all tensors of a group instead of per tensor.
+
+    >>> w = torch.nn.Parameter(torch.tensor([0.0, 2.0]))
+    >>> opt = NormalizedGD([w], lr=0.1)
+    >>> w.grad = torch.tensor([0.0, -5.0]); _ = opt.step(); w.data
+    tensor([0.0000, 2.1000])
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float = 0.1, global_norm: bool = False):
+        if not lr > 0:
+            raise ValueError(f"NormalizedGD: lr must be > 0, got lr={lr}")
+        super().__init__(params, dict(lr=lr, global_norm=global_norm))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            normalized_gd_step(params, [p.grad for p in params], group["lr"], group["global_norm"])
+        return loss

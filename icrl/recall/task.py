@@ -1,0 +1,95 @@
+"""The in-context recall task (SPEC R.1, R.2): vocabulary layout, validation and Bayes risk.
+
+Token layout for a vocabulary of ``N = vocab_size`` tokens::
+
+    triggers Q = {0, …, n_triggers-1}
+    outputs  Y = {n_triggers, …, n_triggers+n_outputs-1}
+    OOD outputs   {n_triggers+n_outputs, …, N-2}   (never targets in training)
+    noise    τ = N-1
+    filler        {n_triggers, …, N-2}             (no trigger, no τ)
+
+``alpha == 0`` is the noiseless task (trigger drawn from Q); ``alpha > 0`` the noisy one
+(trigger 0, an extra bigram (0, τ), target τ with probability α).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+def entropy(alpha: float) -> float:
+    """Binary entropy ``H(α)`` in nats: the Bayes risk of the noisy task.
+
+    >>> round(entropy(0.5), 4), round(entropy(0.2), 4), entropy(0.0)
+    (0.6931, 0.5004, 0.0)
+    """
+    return sum(-p * math.log(p) for p in (alpha, 1.0 - alpha) if p > 0)
+
+
+@dataclass(frozen=True)
+class RecallTask:
+    """Sizes and noise level of one recall task; ``asdict`` of it is what data links into models.
+
+    ``alpha_hat`` is the empirical fraction of τ targets of a finite training sample (SPEC R.2:
+    the noisy Reparam model then uses it for γ); it equals ``alpha`` for population training.
+    """
+
+    vocab_size: int = 60
+    n_triggers: int = 5
+    n_outputs: int = 4
+    context_length: int = 256
+    alpha: float = 0.0
+    alpha_hat: float | None = None
+
+    def __post_init__(self):
+        n, nt, no, t, a = self.vocab_size, self.n_triggers, self.n_outputs, self.context_length, self.alpha
+        if nt < 1:
+            raise ValueError(f"n_triggers must be >= 1, got n_triggers={nt}")
+        if no < 1:
+            raise ValueError(f"n_outputs must be >= 1, got n_outputs={no}")
+        if nt + no > n - 2:
+            raise ValueError(
+                f"triggers and outputs do not fit the vocabulary: n_triggers + n_outputs = {nt + no} must be "
+                f"<= vocab_size - 2 = {n - 2} (one token is the noise τ, and at least one unseen OOD output is needed)"
+            )
+        if not 0.0 <= a < 1.0:
+            raise ValueError(f"alpha must lie in [0, 1) (0 = noiseless task), got alpha={a}")
+        if t < self.min_context_length:
+            raise ValueError(
+                f"context_length={t} is too short for the {'noisy' if self.noisy else 'noiseless'} task's bigrams "
+                f"and final trigger: context_length must be >= {self.min_context_length}"
+            )
+        if self.alpha_hat is None:
+            object.__setattr__(self, "alpha_hat", a)
+
+    @property
+    def noisy(self) -> bool:
+        return self.alpha > 0
+
+    @property
+    def min_context_length(self) -> int:
+        # noiseless: bigram at p <= T-3 and the final trigger; noisy: two non-overlapping bigrams too
+        return 6 if self.noisy else 3
+
+    @property
+    def noise_token(self) -> int:
+        return self.vocab_size - 1
+
+    @property
+    def outputs(self) -> tuple[int, int]:
+        """Half-open range of in-distribution outputs."""
+        return self.n_triggers, self.n_triggers + self.n_outputs
+
+    @property
+    def ood_outputs(self) -> tuple[int, int]:
+        """Half-open range of unseen (OOD) outputs."""
+        return self.n_triggers + self.n_outputs, self.vocab_size - 1
+
+    @property
+    def bayes_risk(self) -> float:
+        """0 for the noiseless task, ``H(α)`` for the noisy one (SPEC R.6)."""
+        return entropy(self.alpha)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
