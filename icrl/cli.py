@@ -21,7 +21,8 @@ class IcrlCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
-            "--name", type=str, default="icrl", help="Experiment name: TensorBoard logs go to <default_root_dir>/<name>/version_<n>."
+            "--name", type=str, default="icrl",
+            help="Experiment name: TensorBoard logs go to <default_root_dir>/lightning_logs/<name>/version_<n>."
         )
         parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
 
@@ -36,10 +37,11 @@ class IcrlCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         logger_cfg = self._get(self.config, "trainer", default={}).get("logger")
-        if logger_cfg is None or logger_cfg is True:
+        if (logger_cfg is None or logger_cfg is True) and not trainer.fast_dev_run:
             # Lightning's default TensorBoardLogger writes a meaningless hp_metric; replace it.
             trainer.loggers = [
-                TensorBoardLogger(trainer.default_root_dir, name=self._get(self.config, "name"), default_hp_metric=False)
+                TensorBoardLogger(Path(trainer.default_root_dir) / "lightning_logs", name=self._get(self.config, "name"),
+                                  default_hp_metric=False)
             ]
         if trainer.is_global_zero and trainer.logger is not None and self.subcommand is not None:
             root = Path(trainer.logger.save_dir or trainer.default_root_dir)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from icrl.recall.task import RecallTask
 
-TRAIN, VAL, OOD = 0, 1, 2  # stream ids, so that no two streams share a generator seed
+TRAIN, VAL, OOD, FIXED, SHUFFLE = range(5)  # stream ids: no two streams share a generator seed
 
 
 def generator(*key: int) -> torch.Generator:
@@ -83,7 +83,7 @@ class RecallStream(IterableDataset):
         n_batches = len(self.fixed["target"]) // self.batch_size
         j = i * self.world_size + self.rank  # global batch index over ranks
         epoch, pos = divmod(j, n_batches)
-        perm = torch.randperm(len(self.fixed["target"]), generator=generator(self.seed, TRAIN, epoch))
+        perm = torch.randperm(len(self.fixed["target"]), generator=generator(self.seed, SHUFFLE, epoch))
         idx = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
         return {k: v[idx] for k, v in self.fixed.items()}
 
@@ -148,7 +148,7 @@ class RecallDataModule(LightningDataModule):
     def fixed_sample(self) -> dict[str, Tensor] | None:
         """The finite training sample (``n_samples`` prompts), drawn once from ``seed``."""
         if self.n_samples is not None and self._fixed is None:
-            self._fixed = sample_recall(self.spec, self.n_samples, generator(self.seed, TRAIN, -1))
+            self._fixed = sample_recall(self.spec, self.n_samples, generator(self.seed, FIXED))
         return self._fixed
 
     @property

@@ -1,0 +1,125 @@
+"""Distribution properties of the recall sampler (SPEC R.2) and of the data module's streams."""
+
+import math
+
+import pytest
+import torch
+
+from icrl.recall import RecallDataModule, RecallTask, entropy, sample_recall
+from icrl.recall.data import RecallStream, generator
+
+
+def bigram_positions(tokens, trigger):
+    """Positions p < T-1 where the trigger stands (the last position is the query)."""
+    return [(row[:-1] == q).nonzero().flatten().tolist() for row, q in zip(tokens, trigger)]
+
+
+def test_noiseless_samples_have_one_bigram_and_the_trigger_last():
+    task = RecallTask(vocab_size=30, n_triggers=3, n_outputs=4, context_length=16)
+    b = sample_recall(task, 2000, generator(0))
+    z, y = b["tokens"], b["output"]
+    q = z[:, -1]
+    assert ((q >= 0) & (q < 3)).all()
+    assert ((y >= 3) & (y < 7)).all() and (b["target"] == y).all()
+    for row, qq, yy, pos in zip(z, q, y, bigram_positions(z, q)):
+        assert len(pos) == 1 and pos[0] <= 16 - 3  # exactly one (q, y), p ∈ {0..T-3}
+        assert row[pos[0] + 1] == yy
+    filler_mask = torch.ones_like(z, dtype=torch.bool)
+    filler_mask[:, -1] = False
+    assert (z[filler_mask] != task.noise_token).all()  # τ never appears in a noiseless prompt
+    assert (z[:, :-1] >= 3).sum() == z[:, :-1].numel() - 2000  # triggers only at the bigram
+
+
+def test_bigram_position_is_uniform():
+    task = RecallTask(vocab_size=30, n_triggers=3, n_outputs=4, context_length=8)
+    z = sample_recall(task, 12000, generator(1))["tokens"]
+    p = torch.tensor([pos[0] for pos in bigram_positions(z, z[:, -1])])
+    freq = torch.bincount(p, minlength=6).float() / len(p)
+    assert freq.shape == (6,)  # p ∈ {0, …, T-3}
+    assert (freq - 1 / 6).abs().max() < 4 * math.sqrt((1 / 6) * (5 / 6) / 12000)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 0.8])
+def test_noisy_samples_have_two_disjoint_bigrams_and_tau_targets_near_alpha(alpha):
+    task = RecallTask(alpha=alpha, context_length=12)
+    b = sample_recall(task, 20000, generator(2))
+    z, y, target = b["tokens"], b["output"], b["target"]
+    assert (z[:, -1] == 0).all()
+    pos = bigram_positions(z, torch.zeros(len(z), dtype=torch.long))
+    assert all(len(p) == 2 and p[1] - p[0] >= 2 for p in pos)  # two bigrams, not overlapping
+    nxt = torch.stack([z[i, torch.tensor(p) + 1] for i, p in enumerate(pos[:500])])
+    assert ((nxt == task.noise_token).sum(1) == 1).all()  # one (0, τ) bigram …
+    assert ((nxt == y[:500, None]).sum(1) == 1).all()  # … and one (0, y) bigram
+    assert ((target == y) | (target == task.noise_token)).all()
+    freq = (target == task.noise_token).float().mean().item()
+    assert abs(freq - alpha) < 4 * math.sqrt(alpha * (1 - alpha) / 20000)
+
+
+def test_noise_bigram_position_is_uniform_over_non_overlapping_positions():
+    task = RecallTask(alpha=0.5, context_length=8)  # p, p' ∈ {0..5}, |p - p'| >= 2
+    z = sample_recall(task, 30000, generator(3))["tokens"]
+    tau_at = (z == task.noise_token).float().argmax(1) - 1  # p' (τ at p'+1)
+    pos = bigram_positions(z, torch.zeros(len(z), dtype=torch.long))
+    p = torch.tensor([a if a != b_ else c for (a, c), b_ in zip(pos, tau_at.tolist())])
+    for p_val in [0, 2, 5]:
+        allowed = [v for v in range(6) if abs(v - p_val) >= 2]
+        sel = tau_at[p == p_val]
+        freq = torch.bincount(sel, minlength=6).float() / len(sel)
+        for v in range(6):
+            expected = 1 / len(allowed) if v in allowed else 0.0
+            assert abs(freq[v].item() - expected) < 0.05
+
+
+def test_ood_outputs_lie_outside_the_training_outputs():
+    task = RecallTask()
+    b = sample_recall(task, 5000, generator(4), ood=True)
+    assert ((b["output"] >= 9) & (b["output"] <= 58)).all()
+    assert len(b["output"].unique()) == 50
+
+
+def test_bayes_risks():
+    assert entropy(0.0) == 0.0
+    assert entropy(0.5) == pytest.approx(math.log(2))
+    assert entropy(0.2) == pytest.approx(0.5004, abs=1e-4) and entropy(0.8) == pytest.approx(0.5004, abs=1e-4)
+    assert RecallTask(alpha=0.5).bayes_risk == pytest.approx(0.693147, abs=1e-6)
+
+
+def test_streams_differ_per_seed_and_rank_and_are_reproducible():
+    task = RecallTask(context_length=16)
+
+    def first(seed, rank, start=0):
+        return next(iter(RecallStream(task, 8, seed, rank, 2, start)))["tokens"]
+
+    assert torch.equal(first(0, 0), first(0, 0))
+    assert not torch.equal(first(0, 0), first(0, 1))
+    assert not torch.equal(first(0, 0), first(1, 0))
+    stream = iter(RecallStream(task, 8, 0, 0))
+    batches = [next(stream)["tokens"] for _ in range(3)]
+    assert torch.equal(first(0, 0, start=2), next(iter(RecallStream(task, 8, 0, 0, 1, 2)))["tokens"])
+    assert torch.equal(batches[2], next(iter(RecallStream(task, 8, 0, 0, 1, 2)))["tokens"])
+
+
+def test_stream_is_the_same_for_any_number_of_workers():
+    dm = RecallDataModule(context_length=16, batch_size=4, num_workers=2)
+    it = iter(dm.train_dataloader())
+    with_workers = [next(it)["tokens"] for _ in range(4)]
+    stream = iter(RecallStream(dm.spec, 4, 0))
+    assert all(torch.equal(a, next(stream)["tokens"]) for a in with_workers)
+
+
+def test_finite_sample_cycles_over_its_fixed_prompts_and_gives_alpha_hat():
+    dm = RecallDataModule(context_length=16, batch_size=8, n_samples=32, alpha=0.5)
+    fixed = dm.fixed_sample["tokens"]
+    it = iter(dm.train_dataloader())
+    epoch = torch.cat([next(it)["tokens"] for _ in range(4)])
+    # one epoch visits each of the 32 prompts once
+    assert sorted(map(tuple, epoch.tolist())) == sorted(map(tuple, fixed.tolist()))
+    alpha_hat = (dm.fixed_sample["target"] == 59).float().mean().item()
+    assert dm.task["alpha_hat"] == pytest.approx(alpha_hat) and dm.task["alpha"] == 0.5
+
+
+def test_validation_sets_are_fixed_by_val_seed():
+    a = RecallDataModule(context_length=16, n_val=64, seed=0).val_sets()
+    b = RecallDataModule(context_length=16, n_val=64, seed=5).val_sets()
+    assert torch.equal(a[0]["tokens"], b[0]["tokens"]) and torch.equal(a[1]["tokens"], b[1]["tokens"])
+    assert ((a[1]["output"] >= 9)).all() and ((a[0]["output"] < 9)).all()

@@ -1,0 +1,29 @@
+"""Short population runs showing the findings of SPEC R.6 (scaled down to run in CI)."""
+
+import math
+
+from conftest import ROOT
+
+FIG1 = ROOT / "configs" / "recall" / "fig1"
+SMALL = ["--data.context_length", "64", "--data.batch_size", "256", "--data.n_val", "1024"]
+
+
+def end_metrics(cli):
+    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
+
+
+def test_reparam_linear_fa_reaches_the_bayes_risk_noiseless_and_noisy(run_cli):
+    m = end_metrics(run_cli("fit", "--config", str(FIG1 / "reparam-linear-fa.yaml"), *SMALL,
+                            "--trainer.max_steps", "300", "--trainer.val_check_interval", "300"))
+    assert m["val/loss"] < 0.01 and m["val/ood_loss"] < 0.01  # Bayes risk 0, in and out of distribution
+    m = end_metrics(run_cli("fit", "--config", str(FIG1 / "reparam-linear-fa.yaml"), *SMALL, "--data.alpha", "0.5",
+                            "--trainer.max_steps", "150", "--trainer.val_check_interval", "150"))
+    assert abs(m["val/loss"] - math.log(2)) < 0.01 and abs(m["val/ood_loss"] - math.log(2)) < 0.01
+    assert abs(m["val/bayes_gap"]) < 0.01 and abs(m["val/p_noise_ood"] - 0.5) < 0.05
+
+
+def test_origin_linear_fa_fits_in_distribution_but_fails_ood(run_cli):
+    m = end_metrics(run_cli("fit", "--config", str(FIG1 / "origin-linear-fa.yaml"), *SMALL,
+                            "--trainer.max_steps", "300", "--trainer.val_check_interval", "300"))
+    assert m["val/loss"] < 0.05
+    assert m["val/ood_loss"] > 1.0 and m["val/p_output_ood"] < 0.5
