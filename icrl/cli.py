@@ -15,6 +15,8 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from icrl.callbacks import NonFiniteGuard, NonFiniteLossError
+
 
 class IcrlCLI(LightningCLI):
     """LightningCLI with the data → model link, TensorBoard by default and clean config errors."""
@@ -32,10 +34,15 @@ class IcrlCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as err:
+            while isinstance(inner := err.__cause__ or (None if err.__suppress_context__ else err.__context__),
+                             ValueError):  # jsonargparse wraps the constructor's own error
+                err = inner
             self.parser.error(str(err))
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(c, NonFiniteGuard) for c in trainer.callbacks):
+            trainer.callbacks.insert(0, NonFiniteGuard())
         logger_cfg = self._get(self.config, "trainer", default={}).get("logger")
         if (logger_cfg is None or logger_cfg is True) and not trainer.fast_dev_run:
             # Lightning's default TensorBoardLogger writes a meaningless hp_metric; replace it.
@@ -63,8 +70,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> IcrlCLI:
 
 
 def main() -> None:
-    """Console script ``icrl`` (returns None, so the exit status is 0 on success)."""
-    cli_main()
+    """Console script ``icrl``: exit status 0 on success, 1 on a non-finite loss, 2 on a bad setting."""
+    try:
+        cli_main()
+    except NonFiniteLossError as err:
+        sys.exit(f"icrl: error: {err}")
 
 
 if __name__ == "__main__":

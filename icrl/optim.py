@@ -65,3 +65,22 @@ class NormalizedGD(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             normalized_gd_step(params, [p.grad for p in params], group["lr"], group["global_norm"])
         return loss
+
+
+def check_optimizer(optimizer: Callable[[Iterable], torch.optim.Optimizer]) -> Callable:
+    """Build ``optimizer`` once on a dummy parameter, so a bad setting (say ``lr <= 0``) is refused
+    when the module is made, before any training starts; returns ``optimizer`` unchanged.
+
+    >>> check_optimizer(lambda params: torch.optim.SGD(params, lr=-1.0))
+    Traceback (most recent call last):
+    ...
+    ValueError: optimizer: Invalid learning rate: -1.0
+    """
+    try:
+        opt = optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except ValueError as err:
+        raise ValueError(f"optimizer: {err}") from None
+    for group in opt.param_groups:
+        if "lr" in group and not group["lr"] > 0:
+            raise ValueError(f"optimizer: the learning rate must be > 0, got lr={group['lr']}")
+    return optimizer

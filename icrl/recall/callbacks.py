@@ -50,7 +50,8 @@ class RecallEvaluation(Callback):
     def _log(self, pl_module: LightningModule, stage: str) -> None:
         for name, metric in self.metrics.items():
             if metric.update_count:
-                pl_module.log(f"{stage}/{name}", metric.compute())
+                # already reduced over processes by torchmetrics; sync_dist only quiets Lightning
+                pl_module.log(f"{stage}/{name}", metric.compute(), sync_dist=True)
             metric.reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):

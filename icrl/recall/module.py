@@ -9,7 +9,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torch.nn import functional as nnf
 
-from icrl.optim import NormalizedGD
+from icrl.optim import NormalizedGD, check_optimizer
 from icrl.recall.attention import Attention, attention_name
 from icrl.recall.metrics import MeanCrossEntropy
 from icrl.recall.model import RecallOutput, RecallTransformer
@@ -42,7 +42,7 @@ class RecallModule(LightningModule):
         self.hparams["attention"] = attention_name(attention)  # a plain string, safe to unpickle
         self.task = RecallTask(**task)
         self.model = RecallTransformer(self.task, d_model, attention, parameterization, feedforward, trainable_U)
-        self.optimizer = optimizer or partial(NormalizedGD, lr=0.1)
+        self.optimizer = check_optimizer(optimizer or partial(NormalizedGD, lr=0.1))
         self.eval_loss = MeanCrossEntropy()
         self.eval_ood_loss = MeanCrossEntropy()
 

@@ -1,0 +1,188 @@
+"""Reliability of recall runs: bad input, non-finite losses, resume, DDP, determinism, safe checkpoints."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT
+from icrl.callbacks import NonFiniteLossError
+from icrl.recall import RecallModule, RecallTask, sample_recall
+from icrl.recall.data import generator
+
+CFG = str(ROOT / "configs" / "recall" / "fig1" / "reparam-linear-fa.yaml")
+ORIGIN = str(ROOT / "configs" / "recall" / "fig1" / "origin-linear-fa.yaml")
+SMALL = ["--data.context_length", "32", "--data.batch_size", "64", "--data.n_val", "256"]
+
+BAD = {
+    "d_model below 2N": (["--model.d_model", "100"], "d_model must be >= 2 * vocab_size = 120"),
+    "alpha = 1": (["--data.alpha", "1.0"], "alpha must lie in [0, 1)"),
+    "alpha < 0": (["--data.alpha", "-0.1"], "alpha must lie in [0, 1)"),
+    "context too short (noiseless)": (["--data.context_length", "2"], "context_length must be >= 3"),
+    "context too short (noisy)": (["--data.alpha", "0.5", "--data.context_length", "5"], "context_length must be >= 6"),
+    "sets do not fit the vocabulary": (["--data.n_triggers", "50", "--data.n_outputs", "9"],
+                                       "triggers and outputs do not fit the vocabulary"),
+    "no triggers": (["--data.n_triggers", "0"], "n_triggers must be >= 1"),
+    "unknown attention": (["--model.attention", "sigmoid"], "attention must be one of ['linear', 'relu', 'softmax']"),
+    "unknown parameterization": (["--model.parameterization", "foo"], "parameterization must be one of"),
+    "unknown feed-forward": (["--model.feedforward", "G"], "feedforward must be one of ['none', 'F', 'FA']"),
+    "inexpressible feed-forward": (["--data.alpha", "0.5", "--model.feedforward", "none"],
+                                   "cannot express the noisy task"),
+    "lr = 0": (["--model.optimizer.lr", "0"], "lr must be > 0, got lr=0.0"),
+    "lr < 0 (torch optimizer)": (["--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "-0.5"],
+                                 "optimizer: Invalid learning rate: -0.5"),
+    "batch size 0": (["--data.batch_size", "0"], "batch_size must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_setting_is_refused_before_training(case, run_cli, capsys, tmp_path):
+    args, message = BAD[case]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", CFG, *args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "lightning_logs").exists()  # no trainer, no step, no log
+
+
+def test_bad_setting_exits_non_zero_from_the_command_line(icrl_cmd, tmp_path):
+    proc = subprocess.run([*icrl_cmd, "fit", "--config", CFG, "--data.alpha", "1.5", "--trainer.default_root_dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "alpha must lie in [0, 1) (0 = noiseless task), got alpha=1.5" in proc.stderr
+    assert "Training" not in proc.stderr + proc.stdout
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(run_cli, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"train/loss = nan at step \d+.*lr=\[1e\+20\]"):
+        run_cli("fit", "--config", ORIGIN, *SMALL, "--model.optimizer", "torch.optim.SGD",
+                "--model.optimizer.lr", "1e20", "--trainer.max_steps", "50", "--trainer.val_check_interval", "2")
+    ckpts = list(tmp_path.rglob("*.ckpt"))
+    assert len(ckpts) == 1
+    state = torch.load(ckpts[0], weights_only=True)
+    assert state["global_step"] < 10
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_non_finite_loss_exits_with_status_1_from_the_command_line(icrl_cmd, tmp_path):
+    proc = subprocess.run([*icrl_cmd, "fit", "--config", ORIGIN, *SMALL, "--model.optimizer", "torch.optim.SGD",
+                           "--model.optimizer.lr", "1e20", "--trainer.max_steps", "50",
+                           "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "icrl: error: train/loss = nan at step" in proc.stderr
+
+
+def end_metrics(cli):
+    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
+
+
+@pytest.mark.parametrize("config", [ORIGIN, CFG])
+def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli, tmp_path):
+    common = ["--config", config, *SMALL, "--data.alpha", "0.5", "--trainer.val_check_interval", "10"]
+    full = end_metrics(run_cli("fit", *common, "--trainer.max_steps", "20"))
+    half = run_cli("fit", *common, "--trainer.max_steps", "10")
+    ckpt = half.trainer.checkpoint_callback.best_model_path
+    resumed = end_metrics(run_cli("fit", *common, "--trainer.max_steps", "20", "--ckpt_path", ckpt))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
+    # and the run without the restored stream would differ (the check can fail)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["RecallDataModule"]["batches_consumed"] == 10
+
+
+def test_same_seed_same_metrics_and_different_seed_different_stream(run_cli):
+    args = ["fit", "--config", ORIGIN, *SMALL, "--trainer.max_steps", "10", "--trainer.val_check_interval", "10"]
+    a, b = end_metrics(run_cli(*args)), end_metrics(run_cli(*args))
+    c = end_metrics(run_cli(*args, "--data.seed", "1"))
+    assert a == b
+    assert a["train/loss"] != c["train/loss"]
+
+
+def test_checkpoint_loads_with_weights_only(run_cli, tmp_path):
+    cli = run_cli("fit", "--config", CFG, *SMALL, "--data.alpha", "0.2", "--trainer.max_steps", "5",
+                  "--trainer.val_check_interval", "5")
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    model = RecallModule.load_from_checkpoint(ckpt, weights_only=True)
+    assert model.task == RecallTask(alpha=0.2, context_length=32)
+    torch.testing.assert_close(model.model.param.lam, cli.model.model.param.lam)
+
+
+PROBE = textwrap.dedent('''
+    import json, os
+    import torch
+    from lightning.pytorch import Callback
+
+    class Probe(Callback):
+        """Writes each rank's first training batch and the final validation metrics to JSON."""
+        def __init__(self, out: str):
+            self.out, self.first = out, None
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.first is None:
+                self.first = batch["tokens"][:4].tolist()
+        def on_validation_end(self, trainer, pl_module):
+            metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
+                json.dump({"first": self.first, "metrics": metrics}, f)
+''')
+
+
+def test_two_process_ddp_run(icrl_cmd, tmp_path, run_cli):
+    (tmp_path / "probe_ext.py").write_text(PROBE)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    callback = json.dumps({"class_path": "probe_ext.Probe", "init_args": {"out": str(out)}})
+    proc = subprocess.run(
+        [*icrl_cmd, "fit", "--config", CFG, *SMALL, "--data.alpha", "0.5", "--trainer.max_steps", "10",
+         "--trainer.val_check_interval", "10", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+         "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
+         "--trainer.callbacks+", callback, "--trainer.default_root_dir", str(out)],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["first"] != ranks[1]["first"]  # the ranks train on different samples
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]  # metrics are reduced over both ranks
+    # the DDP checkpoint loads in one process, and one process validates it to the same numbers
+    ckpt = next(out.rglob("*.ckpt"))
+    model = RecallModule.load_from_checkpoint(ckpt, weights_only=True)
+    assert model.task.alpha == 0.5
+    single = run_cli("validate", "--config", CFG, *SMALL, "--data.alpha", "0.5", "--ckpt_path", str(ckpt))
+    for key, value in ranks[0]["metrics"].items():
+        assert single.trainer.callback_metrics[key].item() == pytest.approx(value, abs=1e-6), key
+
+
+@settings(max_examples=60, deadline=None)
+@given(vocab=st.integers(8, 80), n_triggers=st.integers(1, 4), n_outputs=st.integers(1, 4),
+       context=st.integers(6, 40), alpha=st.sampled_from([0.0, 0.1, 0.5, 0.9]), ood=st.booleans(),
+       seed=st.integers(0, 2 ** 31))
+def test_sampler_invariants_for_random_sizes(vocab, n_triggers, n_outputs, context, alpha, ood, seed):
+    if n_triggers + n_outputs > vocab - 2:
+        with pytest.raises(ValueError, match="do not fit the vocabulary"):
+            RecallTask(vocab, n_triggers, n_outputs, context, alpha)
+        return
+    task = RecallTask(vocab, n_triggers, n_outputs, context, alpha)
+    b = sample_recall(task, 32, generator(seed), ood=ood)
+    z, y, target = b["tokens"], b["output"], b["target"]
+    q = z[:, -1]
+    lo, hi = task.ood_outputs if ood else task.outputs
+    assert ((y >= lo) & (y < hi)).all()
+    assert ((target == y) | (alpha > 0) & (target == task.noise_token)).all()
+    assert ((z >= 0) & (z < vocab)).all()
+    is_q = z[:, :-1] == q[:, None]
+    n_bigrams = 2 if alpha > 0 else 1
+    assert (is_q.sum(1) == n_bigrams).all()  # the trigger only at the bigrams (and last)
+    assert not is_q[:, -1].any()  # a bigram starts at p <= T-3
+    nxt = torch.roll(z, -1, 1)[:, :-1][is_q].view(-1, n_bigrams)
+    assert (nxt == y[:, None]).any(1).all()
+    if alpha > 0:
+        assert (q == 0).all() and ((nxt == task.noise_token).sum(1) == 1).all()
+        assert ((z == task.noise_token).sum(1) == 1).all()
+        pos = is_q.nonzero()[:, 1].view(-1, 2)
+        assert (pos[:, 1] - pos[:, 0] >= 2).all()  # no overlap
+    else:
+        assert (z[:, :-1] != task.noise_token).all()
