@@ -25,15 +25,12 @@ def normalized_gd_step(params: list[Tensor], grads: list[Tensor], lr: float, glo
     """
     if not params:
         return
+    norms = torch.stack(torch._foreach_norm(grads))  # (P,) ‖g‖₂ per tensor, fused over the list
     if global_norm:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        norms = [norm] * len(grads)
-    else:
-        norms = [torch.linalg.vector_norm(g) for g in grads]
-    for p, g, n in zip(params, grads, norms):
-        # where(n > 0, ...) keeps zero-gradient tensors fixed without a host sync on the norm
-        scale = torch.where(n > 0, lr / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(n))
-        p.sub_(g * scale)
+        norms = torch.linalg.vector_norm(norms).expand(len(grads))
+    # where(n > 0, ...) keeps zero-gradient tensors fixed without a host sync on the norm
+    scales = torch.where(norms > 0, lr / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)  # (P,) η / ‖g‖
+    torch._foreach_sub_(params, torch._foreach_mul(grads, scales.unbind()))
 
 
 class NormalizedGD(torch.optim.Optimizer):

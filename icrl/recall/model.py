@@ -9,10 +9,12 @@ Notation (SPEC R.1, R.3): vocabulary ``N``, width ``d ≥ 2N``, context ``z_0 �
 with feed-forward mode ``none`` (no ξ_F), ``F`` (κ = 0) or ``FA`` (κ = 1). ``U = [E(0) … E(N-1)]ᵀ``
 is fixed unless ``trainable_U``.
 
-The embeddings are a fixed basis, so the dense (B, T, d) input is never built: ``x_{T-1}ᵀ W`` is
-the sum of two rows of ``W``, the scores are gathers from those rows at the token indices, and
-``a`` is a scatter-add of the attention weights into the token indices. The plain dense formula is
-kept in the tests, which check the two agree.
+The embeddings are a fixed basis, so the dense (B, T, d) input ``X`` is never built: each row
+``x_h`` has two ones, at ``z_h`` and ``N + z_{h-1}``, so ``X q`` is two gathers of ``q`` at the token
+indices and ``Xᵀ w`` two scatter-adds into them (``ContextInputs``). ``x_{T-1}ᵀ W`` is the sum of
+two rows of ``W``, and with the fixed ``U`` the unembedding ``U M`` is the first ``N`` rows of
+``M``. A step costs O(B·T + B·d²) instead of the dense formula's O(B·T·d); the plain dense formula
+is kept in the tests (and in ``benchmarks/``), which check the two agree number for number.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as nnf
 
 from icrl.recall.attention import Attention, build_attention
 from icrl.recall.parameterization import parameterization_class
@@ -35,6 +36,62 @@ class RecallOutput(NamedTuple):
     logits_attn: Tensor  # (B, N) ξ_A
     logits_ff: Tensor  # (B, N) ξ_F, zeros without a feed-forward block
     attention: Tensor  # (B, T) σ(s), the last position's attention over the context
+
+
+class _XMatvec(torch.autograd.Function):
+    """``X q`` for the implicit inputs; its backward is ``Xᵀ g`` (and the reverse for ``_XRmatvec``)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, tokens: Tensor, N: int) -> Tensor:
+        ctx.save_for_backward(tokens)
+        ctx.N, ctx.d = N, q.shape[1]
+        s = q.gather(1, tokens)  # (B, T) q[z_h], the E(z_h) part of x_h
+        s[:, 1:] += q[:, N:].gather(1, tokens[:, :-1])  # + q[N + z_{h-1}], the Ẽ(z_{h-1}) part, h ≥ 1
+        return s
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (tokens,) = ctx.saved_tensors
+        return _XRmatvec.apply(grad, tokens, ctx.N, ctx.d), None, None
+
+
+class _XRmatvec(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w: Tensor, tokens: Tensor, N: int, d: int) -> Tensor:
+        ctx.save_for_backward(tokens)
+        ctx.N = N
+        out = w.new_zeros(w.shape[0], d)  # (B, d)
+        out.scatter_add_(1, tokens, w)  # Σ_h w_h E(z_h)
+        out[:, N:].scatter_add_(1, tokens[:, :-1], w[:, 1:])  # + Σ_{h≥1} w_h Ẽ(z_{h-1})
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (tokens,) = ctx.saved_tensors
+        return _XMatvec.apply(grad, tokens, ctx.N), None, None, None
+
+
+class ContextInputs:
+    """The inputs ``X`` (B, T, d), ``x_h = E(z_h) + Ẽ(z_{h-1})``, of a batch of contexts, never built.
+
+    ``matvec(q)`` is ``X q`` (B, d) → (B, T), ``rmatvec(w)`` is ``Xᵀ w`` (B, T) → (B, d); both are
+    differentiable (each one's backward is the other), with O(B·T) gathers and scatter-adds.
+
+    >>> X = ContextInputs(torch.tensor([[2, 0, 1]]), vocab_size=3, d_model=6)
+    >>> X.matvec(torch.arange(6.0)[None])  # x_0 = e_2, x_1 = e_0 + e_5, x_2 = e_1 + e_3
+    tensor([[2., 5., 4.]])
+    >>> X.rmatvec(torch.ones(1, 3))
+    tensor([[1., 1., 1., 1., 0., 1.]])
+    """
+
+    def __init__(self, tokens: Tensor, vocab_size: int, d_model: int):
+        self.tokens, self.N, self.d = tokens, vocab_size, d_model
+
+    def matvec(self, q: Tensor) -> Tensor:
+        return _XMatvec.apply(q, self.tokens, self.N)
+
+    def rmatvec(self, w: Tensor) -> Tensor:
+        return _XRmatvec.apply(w, self.tokens, self.N, self.d)
 
 
 class RecallTransformer(nn.Module):
@@ -73,24 +130,26 @@ class RecallTransformer(nn.Module):
         else:
             self.register_buffer("U", U, persistent=False)
 
+    def unembed(self, M: Tensor) -> Tensor:
+        """``U M`` (N, d); the fixed ``U = [E(0) … E(N-1)]ᵀ`` just keeps the first ``N`` rows."""
+        return self.U @ M if isinstance(self.U, nn.Parameter) else M[: self.task.vocab_size]
+
     def forward(self, tokens: Tensor) -> RecallOutput:
         B, T = tokens.shape
         N = self.task.vocab_size
         W, V = self.param.W(), self.param.V()  # (d, d) each
-        prev = tokens[:, :-1] + N  # (B, T-1) index of Ẽ(z_{h-1}) in x_h, h = 1 … T-1
-        last = (tokens[:, -1], prev[:, -1])  # x_{T-1} = E(z_{T-1}) + Ẽ(z_{T-2})
-        query = W[last[0]] + W[last[1]]  # (B, d) x_{T-1}ᵀ W
-        scores = query.gather(1, tokens) + nnf.pad(query.gather(1, prev), (1, 0))  # (B, T) s_h
+        X = ContextInputs(tokens, N, W.shape[0])  # (B, T, d) x_h, implicit
+        last = (tokens[:, -1], tokens[:, -2] + N)  # x_{T-1} = E(z_{T-1}) + Ẽ(z_{T-2}): ones at these indices
+        query = W.index_select(0, last[0]) + W.index_select(0, last[1])  # (B, d) x_{T-1}ᵀ W
+        scores = X.matvec(query)  # (B, T) s_h = x_{T-1}ᵀ W x_h
         weights = self.attention(scores)  # (B, T) σ(s)
-        a = torch.zeros(B, W.shape[0], dtype=weights.dtype, device=weights.device)
-        a = a.scatter_add(1, tokens, weights).scatter_add(1, prev, weights[:, 1:])  # (B, d) Σ_h σ_h x_h
-        logits_attn = a @ (self.U @ V).T  # (B, N) U V a
+        a = X.rmatvec(weights)  # (B, d) Σ_h σ_h x_h
+        logits_attn = a @ self.unembed(V).T  # (B, N) U V a
         if self.kappa is None:
             logits_ff = torch.zeros_like(logits_attn)
         else:
-            F = self.param.F()  # (d, d)
-            ff_in = F.T[last[0]] + F.T[last[1]]  # (B, d) F x_{T-1}
+            ff_in = a.new_zeros(a.shape).scatter_(1, torch.stack(last, 1), 1.0)  # (B, d) x_{T-1}
             if self.kappa:
-                ff_in = ff_in + self.kappa * (a @ F.T)  # + κ F a
-            logits_ff = ff_in @ self.U.T  # (B, N)
+                ff_in = torch.add(ff_in, a, alpha=self.kappa)  # x_{T-1} + κ a
+            logits_ff = ff_in @ self.unembed(self.param.F()).T  # (B, N) U F (x_{T-1} + κ a)
         return RecallOutput(logits_attn + logits_ff, logits_attn, logits_ff, weights)

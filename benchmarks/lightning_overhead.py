@@ -1,0 +1,237 @@
+"""What Lightning costs per training step: ``Trainer.fit`` against a bare loop over the same objects.
+
+Builds the run of a config (default: the paper's Reparam-Linear-FA, batch 512, context 256) through
+``icrl.cli.cli_main`` exactly as ``icrl fit`` does, then times, in one process and alternately:
+
+- ``bare``: a plain loop over the same module, optimizer and DataLoader (the training step's
+  loss, ``zero_grad``, ``backward``, ``step``);
+- ``fit``: ``trainer.fit`` with the config's trainer (TensorBoard logger, progress bar, validation
+  every ``val_check_interval`` steps, ``RecallEvaluation``), and variants that switch one
+  Lightning feature off, to see what each costs.
+
+A step's time is the interval between consecutive ``on_train_batch_start`` calls (data fetch,
+step, hooks, logging); intervals that contain a validation are left out and reported apart.
+Steady state: the mean over the steps after ``--warmup`` (wall clock, and process CPU time, which
+leaves out the waits for a core that other processes hold); each variant runs ``--repeats`` times
+and the fastest run counts (the machine is shared).
+
+    python benchmarks/lightning_overhead.py                 # table
+    python benchmarks/lightning_overhead.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+from torch.nn import functional as nnf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import machine, set_threads  # noqa: E402
+
+from icrl.cli import cli_main  # noqa: E402
+from icrl.recall import RecallModule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def logs_this_step(module) -> bool:
+    """The steps whose ``train/loss`` the logger writes (every ``log_every_n_steps``), and the last."""
+    trainer, step = module.trainer, module.global_step + 1
+    return bool(trainer.fast_dev_run) or step % max(trainer.log_every_n_steps, 1) == 0 or step == trainer.max_steps
+
+
+class LogOnLoggingSteps(RecallModule):
+    """Prototype of a fix: ``self.log("train/loss")`` only on the steps the logger writes.
+
+    Each ``self.log`` call costs Lightning a walk over its result collection (``_ResultMetric.to``),
+    0.2–0.4 ms on this CPU; the logger only writes every ``log_every_n_steps`` steps, so the other
+    calls only fed the progress bar. The TensorBoard curves are unchanged (same steps, same values).
+    """
+
+    def training_step(self, batch, batch_idx):
+        loss = nnf.cross_entropy(self(batch["tokens"]).logits, batch["target"])
+        if logs_this_step(self):
+            self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+
+class ManualOptimization(RecallModule):
+    """For comparison only: the step written with Lightning's manual optimization (no closure).
+
+    Not a recommendation: gradient accumulation and clipping flags of the Trainer then no longer apply.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        log = logs_this_step(self)  # before the step: optimizer.step() advances global_step
+        optimizer = self.optimizers()
+        loss = nnf.cross_entropy(self(batch["tokens"]).logits, batch["target"])
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        if log:
+            self.log("train/loss", loss, prog_bar=True)
+        return loss.detach()
+
+
+class StepTimer(Callback):
+    """Records ``perf_counter`` at every training batch start, and which intervals hold a validation."""
+
+    def __init__(self):
+        self.starts: list[tuple[float, float]] = []  # (wall, process CPU) seconds
+        self.with_validation: set[int] = set()
+        self.validation_seconds: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.starts.append((time.perf_counter(), time.process_time()))
+
+    def on_validation_start(self, trainer, pl_module):
+        self._val_start = time.perf_counter()
+        self.with_validation.add(len(self.starts) - 1)  # the interval after the last batch start
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validation_seconds.append(time.perf_counter() - self._val_start)
+
+    def intervals(self, warmup: int) -> list[tuple[float, float]]:
+        return intervals(self.starts, warmup, self.with_validation)
+
+
+def intervals(starts: list[tuple[float, float]], warmup: int, skip: set[int] = frozenset()) -> list[tuple[float, float]]:
+    """``(wall, cpu)`` seconds between consecutive step starts, after ``warmup`` steps, leaving out ``skip``."""
+    return [(b[0] - a[0], b[1] - a[1]) for i, (a, b) in enumerate(zip(starts, starts[1:]))
+            if i >= warmup and i not in skip]
+
+
+def summarise(steps: list[tuple[float, float]]) -> dict:
+    wall, cpu = [w for w, _ in steps], [c for _, c in steps]
+    return {"step_ms": 1e3 * statistics.fmean(wall), "step_ms_median": 1e3 * statistics.median(wall),
+            "step_cpu_ms": 1e3 * statistics.fmean(cpu)}
+
+
+def build(args, root: str, *extra: str):
+    """The config's model, data module and trainer, as ``icrl fit --config ...`` builds them."""
+    argv = ["--config", str(args.config), "--trainer.max_steps", str(args.steps),
+            "--trainer.default_root_dir", root, "--trainer.enable_model_summary", "false", *extra]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cli_main(argv, run=False)
+
+
+def run_bare(args, root: str) -> dict:
+    cli = build(args, root)
+    module, data = cli.model, cli.datamodule
+    data.setup("fit")
+    optimizer = module.configure_optimizers()
+    loader = iter(data.train_dataloader())
+    starts = []
+    for i in range(args.steps):  # training_step's loss, without its self.log (no Trainer here)
+        starts.append((time.perf_counter(), time.process_time()))
+        batch = next(loader)
+        loss = nnf.cross_entropy(module(batch["tokens"]).logits, batch["target"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    starts.append((time.perf_counter(), time.process_time()))
+    return summarise(intervals(starts, args.warmup))
+
+
+def run_fit(args, root: str, *extra: str) -> dict:
+    cli = build(args, root, *extra)
+    timer = StepTimer()
+    cli.trainer.callbacks.append(timer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cli.trainer.fit(cli.model, cli.datamodule)
+    val = timer.validation_seconds
+    return {**summarise(timer.intervals(args.warmup)),
+            "validation_ms": 1e3 * statistics.fmean(val) if val else None, "validations": len(val)}
+
+
+QUIET = ["--model.class_path", "lightning_overhead.LogOnLoggingSteps"]
+BAR10 = ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar", "--trainer.callbacks.refresh_rate=10"]
+GUARD10 = ["--trainer.callbacks+=icrl.callbacks.NonFiniteGuard", "--trainer.callbacks.check_every_n_steps=10"]
+NO_BAR = ["--trainer.enable_progress_bar", "false"]
+VARIANTS = {
+    "fit": [],
+    "fit, no progress bar": NO_BAR,
+    "fit, log on logging steps": QUIET,
+    "fit, log on logging steps, bar every 10": QUIET + BAR10,
+    "fit, log on logging steps, bar every 10, guard every 10": QUIET + BAR10 + GUARD10,
+    "fit, log on logging steps, no bar, guard every 10": QUIET + NO_BAR + GUARD10,
+    "fit, as icrl-reproduce runs it": NO_BAR + ["--trainer.enable_checkpointing", "false"],
+    "fit, as icrl-reproduce, log on logging steps, guard every 10": QUIET + NO_BAR + GUARD10 + [
+        "--trainer.enable_checkpointing", "false"],
+    "fit, as icrl-reproduce, both fixes, sampling in a worker": QUIET + NO_BAR + GUARD10 + [
+        "--trainer.enable_checkpointing", "false", "--data.init_args.num_workers", "1"],
+    "fit, as icrl-reproduce, both fixes, manual optimization": [
+        "--model.class_path", "lightning_overhead.ManualOptimization", *NO_BAR, *GUARD10, "--trainer.enable_checkpointing", "false"],
+}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, default=ROOT / "configs/recall/fig1/reparam-linear-fa.yaml")
+    p.add_argument("--steps", type=int, default=600, help="training steps per run")
+    p.add_argument("--warmup", type=int, default=50, help="steps left out at the start of each run")
+    p.add_argument("--repeats", type=int, default=3, help="runs per variant (alternating); the fastest counts")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    set_threads(args.threads)
+    start = machine()
+    best: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(sys.stderr):  # Lightning's prints, bars
+        for _ in range(args.repeats):
+            for name in ["bare", *args.variants]:
+                r = run_bare(args, root) if name == "bare" else run_fit(args, root, *VARIANTS[name])
+                if name not in best or r["step_ms"] < best[name]["step_ms"]:
+                    best[name] = r
+                if not args.json:
+                    print(f"  {name}: {r['step_ms']:.3f} ms/step", file=sys.stderr)
+    bare, bare_cpu = best["bare"]["step_ms"], best["bare"]["step_cpu_ms"]
+    for r in best.values():
+        r["steps_per_s"] = 1e3 / r["step_ms"]
+        r["overhead"] = r["step_ms"] / bare - 1
+        r["overhead_cpu"] = r["step_cpu_ms"] / bare_cpu - 1
+    report = {"machine": {**start, "load_average_1min_end": machine()["load_average_1min"]},
+              "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+              "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+              "results": best, "overhead": best["fit"]["overhead"]}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        m = report["machine"]
+        print(f"{m['cpu']} ({m['cpu_count']} cores), torch {m['torch']}, {args.threads} thread(s); "
+              f"load {m['load_average_1min']} → {m['load_average_1min_end']}")
+        print(f"{report['config']}: {args.steps} steps per run, first {args.warmup} left out, best of {args.repeats}")
+        print(f"{'run':62} {'ms/step':>8} {'median':>7} {'cpu ms':>7} {'steps/s':>8} {'overhead':>9} {'cpu':>6} "
+              f"{'validation':>11}")
+        for name, r in best.items():
+            val = f"{r['validation_ms']:.0f} ms" if r.get("validation_ms") else ""
+            print(f"{name:62} {r['step_ms']:8.3f} {r['step_ms_median']:7.3f} {r['step_cpu_ms']:7.3f} "
+                  f"{r['steps_per_s']:8.1f} {100 * r['overhead']:8.1f}% {100 * r['overhead_cpu']:5.1f}% {val:>11}")
+    return report
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

@@ -1,0 +1,170 @@
+"""Template-regression prompts (SPEC T.1): a fixed token table and a stream of noisy templates.
+
+Drawn once from ``seed``: tokens ``v_k ~ N(0, I_d)`` and representations ``f(v_k) ~ N(0, I_m)``,
+``k = 1 … K`` (the paper says only "Gaussian"; the scale of ``v`` is absorbed by ``β``). Each
+prompt draws a template ``λ ~ N(0, I_m)`` and labels ``y_k = λᵀ (f(v_k) + ε_k)``,
+``ε_k ~ N(0, τ I_m)``, for all ``K`` tokens; the first ``N`` labels are the prompt and the model is
+scored on all ``K``. Unseen tasks draw ``λ ~ N(1, 4 I)`` instead.
+
+A batch is a dict ``{"v": (K, d), "f": (K, m), "y": (B, K)}``: the shared tables travel once per
+batch, not once per prompt. Training batch ``i`` on rank ``r`` is a pure function of
+``(seed, r, i)``, so the stream does not depend on ``num_workers`` and a resumed run continues it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+# Stream ids: independent random streams derived from one seed.
+TABLE, TRAIN, POOL, VAL = range(4)
+
+
+def generator(*entropy: int) -> torch.Generator:
+    """A torch generator seeded by a ``numpy.random.SeedSequence`` over ``entropy``."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1)[0]))
+
+
+def sample_labels(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mean: float = 0.0, var: float = 1.0) -> Tensor:
+    """Labels ``y_k = λᵀ (f(v_k) + ε_k)`` of ``n`` prompts, ``λ ~ N(mean, var·I)``, ``ε_k ~ N(0, τ I)``.
+
+    Given ``λ``, the noise terms ``λᵀ ε_k ~ N(0, τ ‖λ‖²)`` are independent over ``k``; they are drawn
+    that way (``K`` normals per prompt instead of ``K·m``), which is the same law.
+
+    >>> y = sample_labels(torch.eye(3), 50_000, 0.0, torch.Generator().manual_seed(0))  # y = λ
+    >>> y.shape, round(y.var().item(), 1)
+    (torch.Size([50000, 3]), 1.0)
+    """
+    k, m = f.shape
+    lam = mean + var**0.5 * torch.randn(n, m, generator=gen)  # (n, m)
+    noise = (noise_var**0.5 * lam.norm(dim=-1, keepdim=True)) * torch.randn(n, k, generator=gen)  # (n, K) = λᵀ ε_k
+    return lam @ f.T + noise  # (n, K)
+
+
+class PromptStream(IterableDataset):
+    """Endless training batches; batch ``i ≥ start`` is drawn from a generator seeded by (seed, rank, i).
+
+    Without ``pool`` each batch draws fresh prompts (population training); with ``pool`` (a fixed
+    ``(n_train, K)`` label set) it draws ``batch_size`` distinct prompts of the pool.
+    Worker ``w`` of ``W`` makes batches ``i ≡ w (mod W)``, which the DataLoader interleaves in order.
+    """
+
+    def __init__(
+        self, v: Tensor, f: Tensor, batch_size: int, noise_var: float, seed: int, rank: int, start: int, pool: Tensor | None
+    ):
+        self.v, self.f, self.pool = v, f, pool
+        self.batch_size, self.noise_var, self.seed, self.rank, self.start = batch_size, noise_var, seed, rank, start
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in itertools.count(self.start + worker, workers):
+            gen = generator(self.seed, TRAIN, self.rank, i)
+            if self.pool is None:
+                y = sample_labels(self.f, self.batch_size, self.noise_var, gen)
+            else:
+                y = self.pool[torch.randperm(len(self.pool), generator=gen)[: self.batch_size]]
+            yield {"v": self.v, "f": self.f, "y": y}
+
+
+class TemplateRegressionDataModule(LightningDataModule):
+    """Prompts of template regression, with an in-distribution and an unseen-task validation set.
+
+    Args:
+        n_tokens: ``K``, number of fixed tokens (all are predicted).
+        n_labelled: ``N``, labelled tokens per prompt (``1 ≤ N < K``; the other ``K − N`` are the
+            unseen examples).
+        token_dim: ``d``, dimension of the tokens ``v_k``.
+        n_basis: ``m``, number of basis representations.
+        noise_var: ``τ``, variance of the representation noise ``ε_k``.
+        batch_size: prompts per batch.
+        n_train: ``None`` for an endless stream of fresh prompts; an integer for the paper's finite
+            regime (a fixed training set of that many prompts, sampled batch by batch).
+        n_val: prompts in each validation set (paper: 200 test prompts).
+        ood_mean, ood_var: unseen tasks draw ``λ ~ N(ood_mean, ood_var·I)`` (paper: 1, 4).
+        seed: seeds the tables ``v``, ``f``, the training pool and the training stream.
+        val_seed: seeds the validation sets.
+        num_workers: DataLoader workers of the training stream (the stream does not depend on it).
+    """
+
+    def __init__(
+        self,
+        n_tokens: int = 200,
+        n_labelled: int = 30,
+        token_dim: int = 100,
+        n_basis: int = 20,
+        noise_var: float = 0.01,
+        batch_size: int = 256,
+        n_train: int | None = None,
+        n_val: int = 200,
+        ood_mean: float = 1.0,
+        ood_var: float = 4.0,
+        seed: int = 0,
+        val_seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        sizes = dict(n_tokens=n_tokens, token_dim=token_dim, n_basis=n_basis, batch_size=batch_size, n_val=n_val)
+        for name, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={value}")
+        if not 1 <= n_labelled < n_tokens:
+            raise ValueError(
+                f"n_labelled must lie in [1, n_tokens - 1] = [1, {n_tokens - 1}] (the other tokens are the unseen examples), "
+                f"got n_labelled={n_labelled}"
+            )
+        if noise_var < 0 or ood_var < 0:
+            raise ValueError(f"noise_var and ood_var must be >= 0, got noise_var={noise_var}, ood_var={ood_var}")
+        if noise_var == 0 and n_labelled < n_basis:
+            raise ValueError(
+                f"noise_var=0 needs n_labelled >= n_basis = {n_basis} (else the ridge system Z Zᵀ is singular), "
+                f"got n_labelled={n_labelled}"
+            )
+        if n_train is not None and n_train < batch_size:
+            raise ValueError(f"n_train must be None (endless stream) or >= batch_size = {batch_size}, got n_train={n_train}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
+        self.save_hyperparameters()
+        gen = generator(seed, TABLE)
+        self.v = torch.randn(n_tokens, token_dim, generator=gen)  # (K, d)
+        self.f = torch.randn(n_tokens, n_basis, generator=gen)  # (K, m)
+        self.batches_seen = 0  # training batches consumed, restored on resume
+        self.rank = 0
+
+    @property
+    def task(self) -> dict:
+        """Sizes and noise level the model is built for (linked into its ``task`` argument)."""
+        return {name: self.hparams[name] for name in ("n_tokens", "n_labelled", "token_dim", "n_basis", "noise_var")}
+
+    def setup(self, stage: str) -> None:
+        self.rank = self.trainer.global_rank if self.trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        pool = None if hp.n_train is None else sample_labels(self.f, hp.n_train, hp.noise_var, generator(hp.seed, POOL))
+        stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, self.rank, self.batches_seen, pool)
+        return DataLoader(stream, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``."""
+        hp = self.hparams
+        loaders = []
+        for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)]):
+            y = sample_labels(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, VAL, i), mean, var)
+            batches = [{"v": self.v, "f": self.f, "y": chunk} for chunk in y.split(hp.batch_size)]
+            loaders.append(DataLoader(batches, batch_size=None))
+        return loaders
+
+    def state_dict(self) -> dict:
+        # v and f travel with the checkpoint, so a resumed or tested model sees the same representations
+        trainer = self.trainer
+        batches = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else self.batches_seen
+        return {"v": self.v, "f": self.f, "batches_seen": batches}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.v, self.f, self.batches_seen = state_dict["v"], state_dict["f"], state_dict["batches_seen"]

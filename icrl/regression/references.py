@@ -1,0 +1,64 @@
+"""Closed-form reference predictors of template regression (SPEC T.3).
+
+With ``Z = [f(v_1) … f(v_N)]`` (``m × N``) the representations of the ``N`` labelled tokens, ``y``
+their labels and ``F_K`` the representations of all ``K`` tokens, every reference is a ridge
+regression over the basis, ``λ̂ = (Z Zᵀ + r I)^{-1} Z y``, ``ŷ = F_Kᵀ λ̂``, differing only in ``r``:
+
+- ``ridge_reference``: ``r = m τ``: what the trained one-layer transformer computes. Under the data
+  law of ``icrl.regression.data`` (``λ ~ N(0, I_m)``, ``y_k = λᵀ(f(v_k) + ε_k)``) it is also the
+  linear minimum-mean-square predictor of ``λᵀ f(v_k)``, since ``E[y yᵀ] = Zᵀ Z + m τ I``.
+- ``best_reference``: ``r = N τ``: the paper's "best" predictor; the gap between the two vanishes
+  at ``N = m`` (Fig. 3).
+
+All functions work in batch: ``f`` is ``(K, m)`` (one table for every prompt) or ``(B, K, m)``,
+``y`` is ``(B, N)``, and ``torch.linalg.solve`` is used, never an explicit inverse.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def ridge_predict(f: Tensor, y: Tensor, reg: float) -> Tensor:
+    """``ŷ = F_Kᵀ (Z Zᵀ + reg·I)^{-1} Z y`` for the prompts ``y`` (the first ``N = y.shape[-1]`` tokens).
+
+    Args:
+        f: representation table ``f(v_k)``, ``(K, m)`` or ``(B, K, m)``.
+        y: prompt labels, ``(B, N)``.
+        reg: ridge regulariser ``r ≥ 0`` (``Z Zᵀ + r I`` must be invertible).
+
+    Returns:
+        Predictions for all ``K`` tokens, ``(B, K)``.
+
+    >>> f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # K=3 tokens, m=2; Z = I
+    >>> ridge_predict(f, torch.tensor([[2.0, 4.0]]), reg=0.0)
+    tensor([[2., 4., 6.]])
+    >>> ridge_predict(f, torch.tensor([[2.0, 4.0]]), reg=1.0)  # λ̂ = y / 2
+    tensor([[1., 2., 3.]])
+    """
+    n, m = y.shape[-1], f.shape[-1]
+    z_t = f[..., :n, :]  # (…, N, m) = Zᵀ
+    gram = z_t.mT @ z_t + reg * torch.eye(m, dtype=f.dtype, device=f.device)  # (…, m, m) = Z Zᵀ + r I
+    lam = torch.linalg.solve(gram, z_t.mT @ y.unsqueeze(-1))  # (B, m, 1) = λ̂
+    return (f @ lam).squeeze(-1)  # (B, K)
+
+
+def ridge_reference(f: Tensor, y: Tensor, noise_var: float) -> Tensor:
+    """Ridge predictor ``(Z Zᵀ + m τ I)^{-1} Z y`` mapped to all ``K`` tokens; ``τ = noise_var``.
+
+    >>> f = torch.eye(2)  # K = m = 2, N = 1: only the first basis direction is seen
+    >>> ridge_reference(f, torch.tensor([[3.0]]), noise_var=0.5)  # r = m τ = 1
+    tensor([[1.5000, 0.0000]])
+    """
+    return ridge_predict(f, y, f.shape[-1] * noise_var)
+
+
+def best_reference(f: Tensor, y: Tensor, noise_var: float) -> Tensor:
+    """The paper's best predictor ``(Z Zᵀ + N τ I)^{-1} Z y`` mapped to all ``K`` tokens.
+
+    >>> f = torch.eye(2)
+    >>> best_reference(f, torch.tensor([[3.0]]), noise_var=0.5)  # r = N τ = 0.5
+    tensor([[2., 0.]])
+    """
+    return ridge_predict(f, y, y.shape[-1] * noise_var)

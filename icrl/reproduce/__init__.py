@@ -1,0 +1,146 @@
+"""``icrl-reproduce``: the papers' figures and claims from one command.
+
+    icrl-reproduce --list
+    icrl-reproduce recall-fig1 --out results/ [--quick] [--jobs 2] [--seeds 0 1 2]
+    icrl-reproduce all --quick --out results/
+
+Each experiment (``icrl.reproduce.recall``, ``icrl.reproduce.regression``) trains its configs
+through ``icrl fit``'s LightningCLI, once per seed, then writes ``results.md`` (end values next to
+the papers' values, and which claims hold) and a PNG per figure (``figures/``) into ``--out``. The
+runs' TensorBoard logs stay under ``--out/runs/`` (or ``--runs-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from icrl.reproduce.experiments import Experiment, Run, experiments
+from icrl.reproduce.results import RunSeeds
+
+__all__ = ["main", "reproduce", "experiments"]
+
+
+def reproduce(names: list[str], out: Path, quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), jobs: int = 1,
+              steps: int | None = None, reuse: bool = False, images: bool = False, configs: Path | None = None,
+              progress: bool = True, command: str = "", threads: int = 1, fit_args: tuple[str, ...] = (),
+              runs_dir: Path | None = None) -> tuple[Path, list[str]]:
+    """Run the experiments ``names``, write their figures and ``results.md`` into ``out``; return the
+    path of ``results.md`` and the ids of the runs that failed.
+
+    ``fit_args``: extra ``icrl fit`` arguments, ``"ARGS"`` for every run or ``"GLOB:ARGS"`` for the
+    runs whose config matches ``GLOB`` (e.g. ``"regression/fig2-4layer*:--data.batch_size 32"``).
+    """
+    from icrl.reproduce import plots, results
+    from icrl.reproduce.run import execute, plan
+
+    registry = experiments()
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {unknown}; choose from {list(registry)} (icrl-reproduce --list)")
+    exps = [registry[n] for n in names]
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    scoped = [parse_fit_args(a) for a in fit_args]
+    if images:
+        scoped.append(("recall/*", ["--trainer.callbacks+=icrl.recall.images.RecallImages"]))
+    jobs_of = plan(exps, list(seeds), runs_dir or out / "runs", quick, steps, configs, scoped)
+    done = execute(list(jobs_of.values()), jobs, reuse, progress, threads)
+    (out / "figures").mkdir(exist_ok=True)
+    sections = []
+    for exp in exps:
+        data: dict[Run, RunSeeds] = {run: {s: done[jobs_of[exp.name, run.label, s]["id"]] for s in seeds}
+                                     for run in exp.runs}
+        pngs = plots.draw_experiment(exp, data, out / "figures")
+        sections.append(results.section(exp, data, [p.relative_to(out) for p in pngs], quick, list(seeds)))
+    mode = "quick (reduced sizes, see each experiment)" if quick else "full (the configs as they are)"
+    if fit_args or steps:
+        mode += ", with the command's overrides"
+    unique = {job["id"]: done[job["id"]] for job in jobs_of.values()}
+    reused = sum(bool(r.get("reused")) for r in unique.values())
+    timing = f"this invocation took {time.perf_counter() - start:.0f} s, {len(unique)} runs"
+    timing += f" ({reused} reused from earlier invocations)" if reused else ""
+    path = results.write(out, sections, command or "icrl-reproduce " + " ".join(names), list(seeds), mode, timing)
+    failed = sorted({job["id"] for job in jobs_of.values() if done[job["id"]].get("error")})
+    return path, failed
+
+
+def parse_fit_args(text: str) -> tuple[str, list[str]]:
+    """``"GLOB:ARGS"`` or ``"ARGS"`` into ``(GLOB or "*", the arguments split as a shell would)``.
+
+    >>> parse_fit_args("regression/fig2-4layer*:--data.batch_size 32")
+    ('regression/fig2-4layer*', ['--data.batch_size', '32'])
+    >>> parse_fit_args("--trainer.max_steps 10")
+    ('*', ['--trainer.max_steps', '10'])
+    """
+    head, sep, rest = text.partition(":")
+    if sep and not head.lstrip().startswith("-"):
+        return head.strip(), shlex.split(rest)
+    return "*", shlex.split(text)
+
+
+def describe(registry: dict[str, Experiment]) -> str:
+    width = max(map(len, registry))
+    return "\n".join(f"{name:<{width}}  {exp.description}  [{len(exp.runs)} runs × seeds; {exp.paper}]"
+                     for name, exp in registry.items())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="icrl-reproduce", description="Reproduce the papers' figures and claims: train, plot, tabulate.",
+        epilog="Experiments:\n" + describe(experiments()), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", metavar="NAME", help="experiments to run ('all' for every one)")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--out", type=Path, help="output directory: PNGs, results.md, runs/ (TensorBoard logs)")
+    p.add_argument("--quick", action="store_true", help="shrink steps and sizes: every experiment in minutes on a CPU")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every run (default: 0 1 2)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel, one thread each (default: 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per job (default: 1; more threads than free cores slows training down a lot)")
+    p.add_argument("--steps", type=int, help="override every run's max_steps (and validate 10 times)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse runs already finished (under the runs directory) with the same arguments")
+    p.add_argument("--images", action="store_true",
+                   help="also log attention and margin images to TensorBoard (icrl.recall.images.RecallImages)")
+    p.add_argument("--fit-args", action="append", default=[], metavar="[GLOB:]ARGS",
+                   help="extra icrl fit arguments for every run, or for the runs whose config matches GLOB, e.g. "
+                        "'regression/fig2-4layer*:--data.batch_size 32' (repeatable; write --fit-args=ARGS when ARGS "
+                        "is a single option)")
+    p.add_argument("--runs-dir", type=Path, help="where the runs' logs go (default: OUT/runs)")
+    p.add_argument("--configs", type=Path, help="configs directory (default: the repository's configs/)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``icrl-reproduce``."""
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
+    args = p.parse_args(argv)
+    registry = experiments()
+    if args.list:
+        print(describe(registry))
+        return
+    names = list(registry) if args.names == ["all"] else args.names
+    if not names:
+        p.error("name at least one experiment (or 'all'); see --list")
+    if args.out is None:
+        p.error("--out DIR is required to run experiments")
+    if args.jobs < 1 or args.threads < 1:
+        p.error(f"--jobs and --threads must be >= 1, got --jobs {args.jobs} --threads {args.threads}")
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
+    try:
+        path, failed = reproduce(
+            names, args.out, args.quick, tuple(args.seeds), args.jobs, args.steps, args.reuse, args.images,
+            args.configs, args.progress, command=shlex.join(["icrl-reproduce", *argv]), threads=args.threads,
+            fit_args=tuple(args.fit_args), runs_dir=args.runs_dir)
+    except ValueError as err:
+        p.error(str(err))
+    figures = path.parent / "figures"
+    print(f"icrl-reproduce: wrote {path} and {len(list(figures.glob('*.png')))} figures in {figures}")
+    if failed:  # the figures and tables are written all the same, the failed runs marked in results.md
+        sys.exit(f"icrl-reproduce: {len(failed)} run(s) failed: {', '.join(failed)} (see their log.txt)")

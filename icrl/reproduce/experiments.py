@@ -1,0 +1,158 @@
+"""The registry of ``icrl-reproduce``: each paper figure as runs (config + CLI overrides), figures and claims.
+
+An ``Experiment`` is plain data: the ``Run``s to train (a YAML under ``configs/`` and the
+``icrl fit`` overrides that make the figure's variant), the ``Figure``s to draw from their logged
+scalars, the end values to tabulate and the ``Check``s: the papers' claims (Bayes risk, SPEC R.6's
+closed forms, ridge gaps) as a reference value and a tolerance. ``--quick`` appends the
+experiment's ``quick`` overrides to every run. The experiments themselves are defined in
+``icrl.reproduce.recall`` and ``icrl.reproduce.regression``; add one there and to their tuple.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+LOSS_FLOOR = 1e-7  # zero (or negative) losses and gaps are drawn at this value on log axes
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``icrl fit`` of an experiment (trained once per seed).
+
+    ``model`` names the line in plots and tables; ``params`` are the figure's coordinates (α, η,
+    N, heads, …) used to select runs, label them and place them on sweep axes.
+    """
+
+    model: str
+    config: str  # relative to the configs directory
+    overrides: tuple[str, ...] = ()
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        extra = ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in self.params.items())
+        return f"{self.model} ({extra})" if extra else self.model
+
+    def matches(self, where: dict) -> bool:
+        return all((self.model if k == "model" else self.params.get(k)) == v for k, v in where.items())
+
+
+PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H"}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference read from the runs: ``scale`` × the end value of ``metric`` (mean over seeds) of the
+    run selected by ``where`` (``None``: the checked run itself)."""
+
+    metric: str
+    where: dict | None = None
+    scale: float = 1.0
+
+    def describe(self) -> str:
+        where = self.where or {}
+        run = " of " + ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in where.items()) if where else ""
+        return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{run}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A claim of the paper on one run's end value (mean over seeds) against a reference.
+
+    ``reference`` is a number (theory) or a ``Ref`` (a measured value: the ridge loss, another run).
+    ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``.
+    """
+
+    run: dict  # selects the run (``Run.matches``)
+    metric: str
+    reference: float | Ref
+    claim: str  # the paper's statement, shown next to the reference
+    kind: str = "near"
+    tol: float = 0.0
+    rtol: float = 0.0
+
+    def holds(self, value: float, reference: float | None = None) -> bool:
+        ref = self.reference if reference is None else reference
+        if math.isnan(value) or math.isnan(ref):
+            return False
+        if self.kind == "near":
+            return abs(value - ref) <= self.tol + self.rtol * abs(ref)
+        return value > ref if self.kind == "above" else value < ref
+
+    def expected(self, reference: float | None = None) -> str:
+        """The reference as shown in the table, e.g. ``0.6931 ± 0.01`` or ``> 1``."""
+        ref = self.reference if reference is None else reference
+        text = f"{ref:.4g}" if isinstance(self.reference, float | int) else f"{self.reference.describe()} = {ref:.4g}"
+        if self.kind != "near":
+            return f"{'>' if self.kind == 'above' else '<'} {text}"
+        tol = " ± ".join(filter(None, [f"{self.tol:g}" if self.tol else "", f"{self.rtol:.0%}" if self.rtol else ""]))
+        return f"{text} ± {tol}" if tol else text
+
+
+@dataclass(frozen=True)
+class Curves:
+    """A panel: ``metric`` against training step, one line per selected run (mean, min–max over seeds)."""
+
+    metric: str
+    title: str
+    ylabel: str
+    where: dict = field(default_factory=dict)
+    legend: tuple[str, ...] = ("model",)  # run attributes that name a line
+    log: bool = True
+    refs: tuple[tuple[float, str], ...] = ()  # horizontal lines: (value, label)
+    ref_metrics: tuple[tuple[str, str], ...] = ()  # horizontal lines at a metric's mean end value: (metric, label)
+    x: str = "step"  # or "time": wall-clock seconds since the run's logger started
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A panel: the end value of ``metric`` against the run parameter ``x``, one line per ``legend``.
+
+    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric, over all selected runs.
+    """
+
+    metric: str | tuple[tuple[str, str], ...]
+    x: str
+    title: str
+    ylabel: str
+    where: dict = field(default_factory=dict)
+    legend: tuple[str, ...] = ("model",)
+    log: bool = True
+    logx: bool = False
+    theory: Callable[[float], float] | None = None
+    theory_label: str = ""
+    vlines: tuple[tuple[float, str], ...] = ()  # vertical reference lines: (x, label)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # PNG file stem
+    panels: tuple
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    paper: str
+    runs: tuple[Run, ...]
+    figures: tuple[Figure, ...]
+    columns: tuple[tuple[str, str], ...]  # end-value table: (metric, header)
+    checks: tuple[Check, ...] = ()
+    quick: tuple[str, ...] = ()  # overrides appended to every run by --quick
+    quick_note: str = ""
+    references: tuple[tuple[str, Callable[[Run], float]], ...] = ()  # theory columns: (header, value of a run)
+    run_quick: dict[str, tuple[str, ...]] = field(default_factory=dict)  # --quick overrides of one model's runs
+    note: str = ""  # how to read the figures and checks, shown under the experiment's title
+
+
+def experiments() -> dict[str, Experiment]:
+    """Every experiment, by name, in the order ``--list`` shows them."""
+    from icrl.reproduce.recall import RECALL_EXPERIMENTS
+    from icrl.reproduce.regression import REGRESSION_EXPERIMENTS
+
+    found = [make() for make in (*RECALL_EXPERIMENTS, *REGRESSION_EXPERIMENTS)]
+    return {e.name: e for e in found}

@@ -1,0 +1,156 @@
+"""Figures of ``icrl-reproduce``: one PNG per ``Figure``, mean line and min–max band over seeds.
+
+Matplotlib's object API without pyplot: no display needed, and a notebook's backend is left alone.
+Lines keep one colour per name across all panels; losses and gaps go on log axes, where zero or
+negative values are drawn at ``LOSS_FLOOR``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib import figure as mpl_figure
+from matplotlib import ticker
+
+from icrl.reproduce.experiments import LOSS_FLOOR, PARAM_NAMES, Curves, Experiment, Figure, Run, Sweep
+from icrl.reproduce.results import RunSeeds, end_values, mean_end
+
+
+def line_name(run: Run, legend: tuple[str, ...]) -> str:
+    parts = [run.model if key == "model" else f"{PARAM_NAMES.get(key, key)} = {run.params.get(key)}" for key in legend]
+    return ", ".join(parts)
+
+
+def seed_curves(seeds: RunSeeds, metric: str, x: str = "step") -> tuple[np.ndarray, np.ndarray] | None:
+    """x values and a (seeds, points) array of ``metric``: on the steps every seed logged, or for
+    ``x="time"`` interpolated onto 100 times within the span every seed covers."""
+    curves = [r["scalars"][metric] for r in seeds.values() if metric in r["scalars"]]
+    if not curves:
+        return None
+    if x == "time":
+        lo, hi = max(c[2][0] for c in curves), min(c[2][-1] for c in curves)
+        grid = np.linspace(lo, hi, 100) if hi > lo else np.array([hi])
+        return grid, np.array([np.interp(grid, c[2], c[1]) for c in curves])
+    steps = sorted(set.intersection(*(set(c[0]) for c in curves)))
+    values = np.array([[dict(zip(c[0], c[1]))[s] for s in steps] for c in curves], dtype=float)
+    return np.array(steps), values
+
+
+def _floor(values: np.ndarray, log: bool) -> tuple[np.ndarray, bool]:
+    if not log:
+        return values, False
+    clipped = np.nan_to_num(values, nan=np.nan, posinf=np.nan)
+    return np.maximum(clipped, LOSS_FLOOR), bool((clipped < LOSS_FLOOR).any())
+
+
+def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]) -> bool:
+    clipped = False
+    for run, seeds in data.items():
+        if not run.matches(panel.where) or (found := seed_curves(seeds, panel.metric, panel.x)) is None:
+            continue
+        steps, values = found
+        values, c = _floor(values, panel.log)
+        clipped |= c
+        name = line_name(run, panel.legend)
+        color = colors.setdefault(name, f"C{len(colors) % 10}")
+        ax.plot(steps, values.mean(0), color=color, label=name, lw=1.6, zorder=3)
+        if len(values) > 1:
+            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
+    refs = list(panel.refs)
+    for metric, label in panel.ref_metrics:
+        ends = [mean_end(seeds, metric) for run, seeds in data.items() if run.matches(panel.where)]
+        if ends and not np.isnan(ends).all():
+            refs.append((float(np.nanmean(ends)), label))
+    for (value, label), style in zip(refs, ["--", ":", "-."] * 3):
+        ax.axhline(max(value, LOSS_FLOOR) if panel.log else value, color="0.35", ls=style, lw=1.2, label=label,
+                   zorder=2)  # under the runs: a run at its reference stays visible
+    ax.set_xlabel("wall-clock time (s)" if panel.x == "time" else "training step")
+    return clipped
+
+
+def _sweep(ax, panel: Sweep, data: dict[Run, RunSeeds], colors: dict[str, str]) -> bool:
+    groups: dict[str, list[tuple[float, np.ndarray]]] = {}
+    metrics = panel.metric if isinstance(panel.metric, tuple) else ((panel.metric, None),)
+    for run, seeds in data.items():
+        if run.matches(panel.where) and panel.x in run.params:
+            for metric, label in metrics:
+                name = label or line_name(run, panel.legend)
+                groups.setdefault(name, []).append((run.params[panel.x], end_values(seeds, metric)))
+    clipped, xs = False, []
+    for name, points in groups.items():
+        points.sort(key=lambda p: p[0])
+        x = np.array([p[0] for p in points], dtype=float)
+        xs += list(x)
+        vals = [_floor(p[1], panel.log) for p in points]
+        clipped |= any(c for _, c in vals)
+        mean = np.array([np.nanmean(v) if len(v) else np.nan for v, _ in vals])
+        lo = np.array([np.nanmin(v) if len(v) else np.nan for v, _ in vals])
+        hi = np.array([np.nanmax(v) if len(v) else np.nan for v, _ in vals])
+        color = colors.setdefault(name, f"C{len(colors) % 10}")
+        ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], color=color, marker="o", ms=4, capsize=3, label=name, lw=1.4)
+    if panel.theory is not None and xs:
+        grid = np.geomspace(min(xs), max(xs), 200) if panel.logx else np.linspace(min(xs), max(xs), 200)
+        theory = np.array([panel.theory(x) for x in grid])
+        ax.plot(grid, np.maximum(theory, LOSS_FLOOR) if panel.log else theory, "k--", lw=1, label=panel.theory_label)
+    for x, label in panel.vlines:
+        ax.axvline(x, color="0.4", ls=":", lw=1.2, label=label)
+    ax.set_xlabel(PARAM_NAMES.get(panel.x, panel.x))
+    if panel.logx:
+        ax.set_xscale("log")
+    return clipped
+
+
+def _log_ticks(axis, lo: float, hi: float) -> None:
+    """Plain numbers on a log axis (``0.5``, ``1e-06``); minor ticks labelled only on short ranges."""
+    decades = math.log10(hi / lo)
+    keep = set(range(1, 10)) if decades < 0.5 else {2, 3, 5} if decades < 1.5 else set()
+
+    def minor(value, _):
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return f"{value:g}" if mantissa in keep else ""
+
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.FuncFormatter(minor))
+
+
+def draw(figure: Figure, data: dict[Run, RunSeeds], path: Path, colors: dict[str, str] | None = None) -> Path:
+    """Draw ``figure`` from the runs' scalars into ``path`` (PNG)."""
+    colors = {} if colors is None else colors
+    n = len(figure.panels)
+    ncols = 2 if n == 4 else min(n, 3)
+    nrows = math.ceil(n / ncols)
+    height = 3.4 * nrows + 0.8  # inches: panels, the title and the legend row below
+    fig = mpl_figure.Figure(figsize=(4.6 * ncols, height))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    clipped = False
+    for ax, panel in zip(axes.flat, figure.panels):
+        clipped |= (_curves if isinstance(panel, Curves) else _sweep)(ax, panel, data, colors)
+        if panel.log:
+            ax.set_yscale("log")
+            _log_ticks(ax.yaxis, *ax.get_ylim())
+        if ax.get_xscale() == "log":
+            _log_ticks(ax.xaxis, *ax.get_xlim())
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_ylabel(panel.ylabel, fontsize=9)
+        ax.grid(alpha=0.3, which="major")
+        refs = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels()) if lab not in colors]
+        if refs:  # reference lines of this panel; the runs share the figure legend below
+            ax.legend(*zip(*refs), fontsize=8, loc="best")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    handles = {lab: h for ax in axes.flat for h, lab in zip(*ax.get_legend_handles_labels()) if lab in colors}
+    ncol = min(len(handles), 5)
+    legend_rows = math.ceil(len(handles) / max(ncol, 1))
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, fontsize=9, frameon=False)
+    note = f"   (values ≤ {LOSS_FLOOR:g} drawn at {LOSS_FLOOR:g})" if clipped else ""
+    fig.suptitle(figure.title + note, fontsize=11)
+    fig.tight_layout(rect=(0, 0.3 * legend_rows / height, 1, 1))
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def draw_experiment(exp: Experiment, data: dict[Run, RunSeeds], out: Path) -> list[Path]:
+    colors: dict[str, str] = {}
+    return [draw(f, data, out / f"{f.name}.png", colors) for f in exp.figures]

@@ -1,0 +1,185 @@
+"""In-context recall experiments of ``icrl-reproduce`` (SPEC R.6), from the configs under ``configs/recall/``.
+
+The paper's figures (arXiv 2505.15009 v2): Figure 1 (five models, noiseless and α = 0.5), Figure 2
+(Reparam-Linear-W, η = 0.1 and 0.5), Figures 3–5 (Origin-Linear, Reparam-Linear-W, Reparam-Linear
+at α ∈ {0.2, 0.5, 0.8}); its first version adds finite-sample training and the layer-wise logit
+margins. The checks are the SPEC's findings: Reparam-Linear-FA at the Bayes risk (0 or ``H(α)``)
+in and out of distribution with ``p(τ) → α`` on unseen outputs; the fixed-U softmax floor
+``ln(1 + (N−1)/e)``; Reparam-Linear-W-FA fitting in distribution with limited OOD generalization;
+Origin-Linear-FA fitting the training distribution and failing on unseen outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from icrl.recall.task import entropy
+from icrl.reproduce.experiments import Check, Curves, Experiment, Figure, Ref, Run, Sweep
+
+PAPER = "Nguyen & Nguyen-Tang, in-context recall (arXiv 2505.15009)"
+SOFTMAX_FLOOR = math.log(1 + 59 / math.e)  # SPEC R.6: fixed-U Reparam-Softmax, N = 60
+LN2 = math.log(2)
+
+FIG1_MODELS = ("Reparam-Linear-FA", "Reparam-Softmax-FA", "Reparam-Linear-W-FA", "Origin-Linear-FA",
+               "Origin-Softmax-F")
+FINITE_MODELS = ("Reparam-Linear-FA", "Reparam-ReLU-FA", "Reparam-Linear-W-FA", "Reparam-ReLU-W-FA",
+                 "Origin-Linear-FA", "Origin-ReLU-FA")
+COLUMNS = (("val/loss", "loss"), ("val/ood_loss", "OOD loss"), ("val/p_output_ood", "p(y) OOD"),
+           ("val/p_noise_ood", "p(τ) OOD"), ("val/margin_attn", "margin ξ_A"), ("val/margin_ff", "margin ξ_F"))
+REFERENCES = (("Bayes risk", lambda run: entropy(run.params["alpha"])),)
+QUICK = dict(
+    quick=("--data.context_length", "64", "--data.n_val", "512", "--data.val_batch_size", "512",
+           "--trainer.max_steps", "300", "--trainer.val_check_interval", "25", "--trainer.log_every_n_steps", "5"),
+    quick_note="context 64, 300 steps, 512 validation prompts (full: 256, 2000, 2048)")
+FINITE_QUICK = dict(
+    quick=("--data.context_length", "64", "--data.n_val", "512", "--data.val_batch_size", "512"),
+    quick_note="context 64, 512 validation prompts (full: 256, 2048; the 400 steps are kept)")
+SAMPLE_NOTE = (
+    "At α = 0.2 and 0.8 a validation set's own noise rate differs from α (by ±0.009 with 2048 prompts, ±0.018 "
+    "with 512), so even the Bayes-optimal predictor's loss on it differs from H(α) by up to a few 0.01 nats: "
+    "a floor of the in-distribution gap, or a negative OOD gap (drawn at 1e-7). The loss checks allow 0.04 "
+    "there; p(τ) on OOD, which carries no such noise, is checked to ±0.02.")
+
+
+def recall_run(model: str, alpha: float = 0.0, family: str = "fig1", eta: float | None = None) -> Run:
+    overrides = ("--data.alpha", str(alpha))
+    params = {"alpha": alpha}
+    if eta is not None:
+        if eta != 0.1:  # the configs' η: the run is then the same as recall-fig1's, and trained once
+            overrides += ("--model.init_args.optimizer.init_args.lr", str(eta))
+        params["eta"] = eta
+    return Run(model, f"recall/{family}/{model.lower()}.yaml", overrides, params)
+
+
+def gap_panels(alpha: float, legend=("model",)) -> tuple[Curves, Curves]:
+    """In-distribution and OOD loss minus the Bayes risk, on a log axis."""
+    task = "noiseless" if alpha == 0 else f"α = {alpha}"
+    risk = f"H({alpha}) = {entropy(alpha):.4f}" if alpha else "0"
+    where = {"alpha": alpha}
+    return (Curves("val/bayes_gap", f"{task}: population loss", f"loss − Bayes risk ({risk})", where, legend),
+            Curves("val/ood_bayes_gap", f"{task}: OOD loss (unseen outputs)", f"OOD loss − Bayes risk ({risk})",
+                   where, legend))
+
+
+def recall_fig1() -> Experiment:
+    rl0, rl5 = {"model": "Reparam-Linear-FA", "alpha": 0.0}, {"model": "Reparam-Linear-FA", "alpha": 0.5}
+    w0, w5 = {"model": "Reparam-Linear-W-FA", "alpha": 0.0}, {"model": "Reparam-Linear-W-FA", "alpha": 0.5}
+    o0, o5 = {"model": "Origin-Linear-FA", "alpha": 0.0}, {"model": "Origin-Linear-FA", "alpha": 0.5}
+    checks = (
+        Check(rl0, "val/loss", 0.0, "Bayes risk 0", tol=0.01),
+        Check(rl0, "val/ood_loss", 0.0, "Bayes risk 0 on unseen outputs", tol=0.01),
+        Check(rl5, "val/loss", LN2, "Bayes risk H(0.5) = ln 2", tol=0.01),
+        Check(rl5, "val/ood_loss", LN2, "ln 2 on unseen outputs", tol=0.01),
+        Check(rl5, "val/p_noise_ood", 0.5, "p(τ) on OOD → α", tol=0.02),
+        Check(rl5, "val/p_output_ood", 0.5, "p(y) on OOD → 1 − α", tol=0.02),
+        Check({"model": "Reparam-Softmax-FA", "alpha": 0.0}, "val/loss", SOFTMAX_FLOOR,
+              "fixed-U softmax floor ln(1 + 59/e)", tol=0.02),
+        Check(w0, "val/loss", 0.0, "fits in distribution", tol=0.01),
+        Check(w5, "val/loss", LN2, "fits in distribution", tol=0.05),
+        Check(w5, "val/ood_loss", Ref("val/loss", scale=1.1), "limited OOD generalization: OOD loss above its loss",
+              kind="above"),
+        Check(o0, "val/loss", 0.01, "fits in distribution", kind="below"),
+        Check(o0, "val/ood_loss", 1.0, "fails OOD (several nats)", kind="above"),
+        Check(o5, "val/ood_loss", 1.0 + LN2, "fails OOD", kind="above"),
+    )
+    probabilities = (
+        Curves("val/p_output_ood", "noiseless: p(true output) on OOD", "mean probability", {"alpha": 0.0},
+               log=False, refs=((1.0, "1 − α = 1"),)),
+        Curves("val/p_output_ood", "α = 0.5: p(true output y) on OOD", "mean probability", {"alpha": 0.5},
+               log=False, refs=((0.5, "1 − α = 0.5"),)),
+        Curves("val/p_noise_ood", "α = 0.5: p(noise τ) on OOD", "mean probability", {"alpha": 0.5},
+               log=False, refs=((0.5, "α = 0.5"),)),
+    )
+    return Experiment(
+        "recall-fig1", "five models, noiseless and α = 0.5: loss, OOD loss, OOD probabilities", PAPER + ", Figure 1",
+        runs=tuple(recall_run(m, a) for a in (0.0, 0.5) for m in FIG1_MODELS),
+        figures=(Figure("recall-fig1-loss", gap_panels(0.0) + gap_panels(0.5),
+                        "Figure 1: five models, loss minus Bayes risk, in distribution and on unseen outputs"),
+                 Figure("recall-fig1-probabilities", probabilities,
+                        "Figure 1: predicted probabilities on unseen outputs against 1 − α and α")),
+        columns=COLUMNS, checks=checks, references=REFERENCES, **QUICK)
+
+
+def recall_eta() -> Experiment:
+    checks = []
+    for a in (0.0, 0.5):
+        for e in (0.1, 0.5):
+            checks += [Check({"alpha": a, "eta": e}, "val/loss", entropy(a), "population loss converges", tol=0.05),
+                       Check({"alpha": a, "eta": e}, "val/ood_loss", Ref("val/loss", scale=1.1),
+                             "limited generalization to unseen outputs", kind="above")]
+    return Experiment(
+        "recall-eta", "Reparam-Linear-W-FA with η = 0.1 and 0.5, noiseless and α = 0.5", PAPER + ", Figure 2",
+        runs=tuple(recall_run("Reparam-Linear-W-FA", a, eta=e) for a in (0.0, 0.5) for e in (0.1, 0.5)),
+        figures=(Figure("recall-eta", gap_panels(0.0, legend=("eta",)) + gap_panels(0.5, legend=("eta",)),
+                        "Figure 2: Reparam-Linear-W-FA, step size η of normalized GD"),),
+        columns=COLUMNS, checks=tuple(checks), references=REFERENCES, **QUICK)
+
+
+ALPHAS = (0.2, 0.5, 0.8)
+SWEEP_MODELS = ("Origin-Linear-FA", "Reparam-Linear-W-FA", "Reparam-Linear-FA")
+
+
+def recall_alpha_sweep() -> Experiment:
+    checks = []
+    for a in ALPHAS:
+        reparam, tol = {"model": "Reparam-Linear-FA", "alpha": a}, 0.01 if a == 0.5 else 0.04  # see SAMPLE_NOTE
+        checks += [Check(reparam, "val/loss", entropy(a), f"Bayes risk H({a})", tol=tol),
+                   Check(reparam, "val/ood_loss", entropy(a), f"H({a}) on unseen outputs", tol=tol),
+                   Check(reparam, "val/p_noise_ood", a, "p(τ) on OOD → α", tol=0.02),
+                   Check({"model": "Origin-Linear-FA", "alpha": a}, "val/ood_loss", entropy(a) + 1.0, "fails OOD",
+                         kind="above")]
+    end_values = (
+        Sweep("val/loss", "alpha", "end loss against α", "loss (nats)", log=False,
+              theory=entropy, theory_label="Bayes risk H(α)"),
+        Sweep("val/ood_loss", "alpha", "end OOD loss against α", "OOD loss (nats)",
+              theory=entropy, theory_label="Bayes risk H(α)"),
+        Sweep("val/p_noise_ood", "alpha", "p(τ) on OOD against α", "mean probability of τ", log=False,
+              theory=lambda a: a, theory_label="α"),
+    )
+    return Experiment(
+        "recall-alpha-sweep", "Origin-Linear-FA, Reparam-Linear-W-FA, Reparam-Linear-FA at α ∈ {0.2, 0.5, 0.8}",
+        PAPER + ", Figures 3–5",
+        runs=tuple(recall_run(m, a) for a in ALPHAS for m in SWEEP_MODELS),
+        figures=(Figure("recall-alpha-sweep", end_values, "Noise level α: end values (mean, min–max over seeds)"),
+                 Figure("recall-alpha-sweep-curves", tuple(gap_panels(a)[i] for i in (0, 1) for a in ALPHAS),
+                        "Figures 3–5: noise level α, loss minus Bayes risk over training")),
+        columns=COLUMNS, checks=tuple(checks), references=REFERENCES, note=SAMPLE_NOTE, **QUICK)
+
+
+def recall_finite() -> Experiment:
+    checks = []
+    for m in ("Reparam-Linear-FA", "Reparam-ReLU-FA"):
+        checks += [Check({"model": m, "alpha": 0.0}, "val/ood_loss", 0.0, "generalizes OOD from 2048 samples",
+                         tol=0.01),
+                   Check({"model": m, "alpha": 0.5}, "val/ood_loss", LN2, "generalizes OOD (empirical α̂)", tol=0.02)]
+    for m in ("Origin-Linear-FA", "Origin-ReLU-FA"):
+        checks.append(Check({"model": m, "alpha": 0.0}, "val/ood_loss", 1.0, "fails OOD", kind="above"))
+    return Experiment(
+        "recall-finite", "finite-sample (2048 prompts) Linear and ReLU models, noiseless and α = 0.5",
+        PAPER + " v1, finite-sample training",
+        runs=tuple(recall_run(m, a, family="finite") for a in (0.0, 0.5) for m in FINITE_MODELS),
+        figures=(Figure("recall-finite", gap_panels(0.0) + gap_panels(0.5),
+                        "Finite-sample training: 2048 prompts, 100 epochs"),),
+        columns=COLUMNS, checks=tuple(checks), references=REFERENCES, **FINITE_QUICK)
+
+
+MARGIN_MODELS = ("Reparam-Linear-FA", "Reparam-Linear-W-FA", "Origin-Linear-FA")
+
+
+def recall_margins() -> Experiment:
+    checks = tuple(Check({"model": m}, metric, 0.0, claim, kind="above") for m in MARGIN_MODELS[:2]
+                   for metric, claim in (("val/margin_attn", "attention recalls y (margin > 0)"),
+                                         ("val/margin_ff", "feed-forward predicts τ (margin > 0)")))
+    panels = (
+        Curves("val/margin_attn", "attention logits: ξ_A,y − max_{k≠y} ξ_A,k", "margin (logit units)", log=False),
+        Curves("val/margin_ff", "feed-forward logits: ξ_F,τ − max_{k≠τ} ξ_F,k", "margin (logit units)",
+               log=False),
+    )
+    return Experiment(
+        "recall-margins", "layer-wise logit margins over training (α = 0.5)", PAPER + " v1, logit margins",
+        runs=tuple(recall_run(m, 0.5) for m in MARGIN_MODELS),
+        figures=(Figure("recall-margins", panels, "α = 0.5: layer-wise logit margins over training"),),
+        columns=COLUMNS, checks=checks, references=REFERENCES, **QUICK)
+
+
+RECALL_EXPERIMENTS = (recall_fig1, recall_eta, recall_alpha_sweep, recall_finite, recall_margins)

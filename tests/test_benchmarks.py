@@ -1,0 +1,76 @@
+"""Smoke tests of ``benchmarks/``: each runs at a tiny size, its checks pass, its JSON has its shape."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import recall_step  # noqa: E402
+import regression_step  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    yield
+    torch.set_num_threads(1)  # the benchmarks set their own thread counts
+
+
+TINY_RECALL = ["--batch", "8", "--context", "16", "--vocab", "12", "--d-model", "32", "--threads", "1",
+               "--rounds", "2", "--fast-calls", "2"]
+
+
+def test_recall_step_json_reports_every_combination_with_matching_losses_and_gradients(capsys):
+    recall_step.main([*TINY_RECALL, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    combos = {(r["attention"], r["parameterization"], r["alpha"]) for r in report["results"]}
+    assert combos == {(a, p, al) for a in recall_step.ATTENTIONS for p in recall_step.PARAMETERIZATIONS
+                      for al in (0.0, 0.5)}
+    assert report["all_match"] and all(r["match"] for r in report["results"])
+    assert all(r["grad_rel_err"] < 1e-4 and r["loss_rel_err"] < 1e-4 for r in report["results"])
+    assert set(report["ratios"]) == {"1"} and len(report["ratios"]["1"]) == 18
+    assert all(v > 0 for v in report["ratios"]["1"].values()) and report["min_ratio"]["1"] > 0
+    assert report["ratios_cpu"]["1"].keys() == report["ratios"]["1"].keys() and report["min_ratio_cpu"]["1"] > 0
+    r = report["results"][0]
+    assert r["threads"] == 1 and r["step_ms"] > 0 and r["dense_ms"] > 0 and 0 < r["sampling_share"]
+    assert report["size"] == {"batch": 8, "context": 16, "vocab": 12, "d_model": 32, "feedforward": "FA"}
+    assert {"cpu", "cpu_count", "torch", "device"} <= set(report["machine"])
+
+
+def test_recall_step_scaling_measures_time_and_memory():
+    args = recall_step.parse([*TINY_RECALL, "--contexts", "16", "32", "--dense-max-context", "16", "--scaling-steps", "1"])
+    # in process here (the benchmark runs each size in a fresh interpreter, for its peak memory)
+    rows = recall_step.scaling(args, measure=lambda impl, context, args: recall_step.measure_one(impl, context, args))
+    rows = {(r["impl"], r["context"]): r for r in rows}
+    assert set(rows) == {("fast", 16), ("dense", 16), ("fast", 32), ("dense", 32)}
+    assert rows["fast", 32]["step_ms"] > 0 and rows["fast", 32]["peak_mib"] >= 0
+    assert rows["dense", 32]["step_ms"] is None and rows["dense", 32]["peak_mib_estimated"] >= 0  # not run: estimated
+    assert "fast" in recall_step.scaling_table(list(rows.values()))
+
+
+def test_regression_step_batched_heads_equal_the_loop_over_heads(capsys):
+    regression_step.main(["--n-tokens", "12", "--n-labelled", "4", "--token-dim", "6", "--n-basis", "3",
+                          "--heads", "5", "--batch", "4", "--threads", "1", "--rounds", "1", "--calls", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    (r,) = report["results"]
+    assert r["match"] and r["pred_rel_err"] < 1e-4 and r["grad_rel_err"] < 1e-4
+    assert r["ratio"] > 0 and r["threads"] == 1
+
+
+def test_lightning_overhead_times_a_bare_loop_and_fit(capsys, tmp_path):
+    import lightning_overhead
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text((ROOT / "configs/recall/fig1/reparam-linear-fa.yaml").read_text()
+                      .replace("context_length: 256", "context_length: 16").replace("batch_size: 512", "batch_size: 8")
+                      .replace("val_check_interval: 100", "val_check_interval: 10"))
+    lightning_overhead.main(["--config", str(config), "--steps", "30", "--warmup", "5", "--repeats", "1",
+                             "--variants", "fit", "fit, log on logging steps", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["results"]) == {"bare", "fit", "fit, log on logging steps"}
+    assert report["results"]["bare"]["overhead"] == 0 and report["results"]["fit"]["step_ms"] > 0
+    assert report["results"]["fit"]["validations"] == 3

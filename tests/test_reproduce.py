@@ -1,0 +1,156 @@
+"""``icrl-reproduce``: the experiment list, a tiny end-to-end run, parallel jobs, reuse, and the results table."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from icrl.reproduce import main, run as run_module
+from icrl.reproduce.experiments import Check, experiments
+from icrl.reproduce.results import check_rows, end_values, fmt_values, value_rows
+
+EXPERIMENTS = ["recall-fig1", "recall-eta", "recall-alpha-sweep", "recall-finite", "recall-margins",
+               "regression-fig2", "regression-fig3", "regression-fig4", "regression-fig5"]
+TINY = ["--quick", "--seeds", "0", "--steps", "30", "--no-progress"]
+
+
+def test_list_names_every_experiment(capsys):
+    main(["--list"])
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == EXPERIMENTS
+
+
+def test_every_run_has_a_config_and_every_check_selects_one_run():
+    root = run_module.configs_dir()
+    for exp in experiments().values():
+        for run in exp.runs:
+            assert (root / run.config).exists(), (exp.name, run.config)
+        for check in exp.checks:
+            assert sum(run.matches(check.run) for run in exp.runs) == 1, (exp.name, check)
+        labels = [run.label for run in exp.runs]
+        assert len(set(labels)) == len(labels), exp.name
+
+
+@pytest.fixture(scope="module")
+def fig1_tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fig1")
+    main(["recall-fig1", *TINY, "--out", str(out)])
+    return out
+
+
+def test_recall_fig1_writes_pngs_and_results(fig1_tiny):
+    assert sorted(p.name for p in (fig1_tiny / "figures").glob("*.png")) == ["recall-fig1-loss.png",
+                                                                            "recall-fig1-probabilities.png"]
+    text = (fig1_tiny / "results.md").read_text()
+    for model in ("Reparam-Linear-FA", "Reparam-Softmax-FA", "Reparam-Linear-W-FA", "Origin-Linear-FA",
+                  "Origin-Softmax-F"):
+        for alpha in ("0.0", "0.5"):
+            assert f"| {model} (α={alpha}) | 30 |" in text  # end-value row, 30 steps
+    assert "| Reparam-Linear-FA (α=0.5) | `val/loss` |" in text and "Bayes risk H(0.5) = ln 2" in text
+
+
+def test_recall_fig1_numbers_follow_the_closed_form(fig1_tiny):
+    # noisy Reparam-Linear-FA: Λ grows by η = 0.1 per step, so after 30 steps
+    # L = H(α) + ln(1 + (1-α)(N-2) e^{-Λ}) with Λ = 3, on any validation set (SPEC R.6)
+    text = (fig1_tiny / "results.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| Reparam-Linear-FA (α=0.5) | 30 |"))
+    loss = float(row.split("|")[4])
+    assert loss == pytest.approx(math.log(2) + math.log(1 + 0.5 * 58 * math.exp(-3)), abs=1e-3)
+
+
+def test_reuse_trains_nothing_again(fig1_tiny, monkeypatch):
+    def fail(job):
+        raise AssertionError(f"retrained {job['id']}")
+
+    monkeypatch.setattr(run_module.worker, "fit_one", fail)
+    main(["recall-fig1", *TINY, "--out", str(fig1_tiny), "--reuse"])
+
+
+def test_parallel_jobs_match_in_process(tmp_path):
+    main(["recall-margins", *TINY, "--steps", "10", "--jobs", "2", "--out", str(tmp_path / "par")])
+    main(["recall-margins", *TINY, "--steps", "10", "--out", str(tmp_path / "seq")])
+    assert (tmp_path / "par" / "figures" / "recall-margins.png").exists()
+    tables = [re.sub(r"Command: .*|took \d+ s|trained in \d+ s", "", (tmp_path / d / "results.md").read_text())
+              for d in ("par", "seq")]
+    assert tables[0] == tables[1]
+
+
+def test_unknown_experiment_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recall-fig9", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "recall-fig1" in capsys.readouterr().err
+
+
+# --- the results table, on hand-made numbers --------------------------------------------------
+
+def seeds(metric_values: dict[str, list[float]]) -> dict[int, dict]:
+    """Fake worker results: seed s logged a two-point curve ending at values[s]."""
+    n = len(next(iter(metric_values.values())))
+    return {s: {"scalars": {m: [[9, 19], [1.0, v[s]]] for m, v in metric_values.items()}} for s in range(n)}
+
+
+def test_end_values_and_formatting():
+    data = seeds({"val/loss": [0.69, 0.70, 0.71]})
+    np.testing.assert_allclose(end_values(data, "val/loss"), [0.69, 0.70, 0.71])
+    assert fmt_values(end_values(data, "val/loss")) == "0.7000 ± 0.0082"
+    assert fmt_values(np.array([2.5e-9])) == "2.50e-09"
+    assert fmt_values(end_values(data, "val/ood_loss")) == "—"  # never logged
+    assert fmt_values(np.array([1.0, math.nan])) == "1.0000 (1/2 seeds)"
+
+
+def test_checks_compare_the_mean_over_seeds():
+    exp = experiments()["recall-fig1"]
+    runs = {r.label: r for r in exp.runs}
+    data = {r: {} for r in exp.runs}
+    data[runs["Reparam-Linear-FA (α=0.5)"]] = seeds({"val/loss": [0.6931, 0.6932, 0.6933],
+                                                     "val/ood_loss": [0.70, 0.71, 0.72],  # mean 0.71: > ln 2 + 0.01
+                                                     "val/p_noise_ood": [0.49, 0.50, 0.51]})
+    data[runs["Origin-Linear-FA (α=0.0)"]] = seeds({"val/loss": [0.0, 0.0, 0.0], "val/ood_loss": [13.9, 14.0, 14.1]})
+    rows = {(r[0], r[1]): r for r in check_rows(exp, data)}
+    assert rows["Reparam-Linear-FA (α=0.5)", "`val/loss`"][2:] == ["0.6932 ± 8.2e-05", "0.6931 ± 0.01",
+                                                                  "Bayes risk H(0.5) = ln 2", "✓"]
+    assert rows["Reparam-Linear-FA (α=0.5)", "`val/ood_loss`"][-1] == "✗"
+    assert rows["Reparam-Linear-FA (α=0.5)", "`val/p_noise_ood`"][-1] == "✓"
+    assert rows["Origin-Linear-FA (α=0.0)", "`val/ood_loss`"][2:4] == ["14.00 ± 0.082", "> 1"]
+    assert rows["Origin-Linear-FA (α=0.0)", "`val/ood_loss`"][-1] == "✓"
+    assert rows["Reparam-Softmax-FA (α=0.0)", "`val/loss`"][2] == "—"  # not run: shown as missing, never ✓
+    assert rows["Reparam-Softmax-FA (α=0.0)", "`val/loss`"][-1] == "✗"
+    header, values = value_rows(exp, data)
+    assert header[:3] == ["run", "steps", "Bayes risk"]
+    assert values[5][:4] == ["Reparam-Linear-FA (α=0.5)", "20", "0.6931", "0.6932 ± 8.2e-05"]
+
+
+def test_check_kinds():
+    assert Check({}, "m", 0.0, "", tol=0.01).holds(0.005)
+    assert not Check({}, "m", 0.0, "", tol=0.01).holds(0.02)
+    assert Check({}, "m", 1.0, "", kind="above").holds(1.5) and not Check({}, "m", 1.0, "", kind="above").holds(0.5)
+    assert Check({}, "m", 1.0, "", kind="below").holds(0.5)
+    assert not Check({}, "m", 1.0, "", kind="below").holds(math.nan)
+
+
+def test_plan_shares_runs_and_scopes_fit_args(tmp_path):
+    from icrl.reproduce import parse_fit_args
+
+    exps = experiments()
+    scoped = [parse_fit_args("regression/fig2-4layer*:--data.init_args.batch_size 8"),
+              ("recall/*", ["--trainer.callbacks+=icrl.recall.images.RecallImages"])]
+    jobs = run_module.plan([exps["recall-fig1"], exps["recall-margins"], exps["regression-fig2"]], [0, 1], tmp_path,
+                           quick=True, fit_args=scoped)
+    # recall-margins' runs are recall-fig1's: the same job, trained once
+    assert jobs["recall-margins", "Reparam-Linear-FA (α=0.5)", 1] is jobs["recall-fig1", "Reparam-Linear-FA (α=0.5)", 1]
+    assert len({j["id"] for j in jobs.values()}) == (10 + 2) * 2
+    four = jobs["regression-fig2", "4-layer transformer", 0]["overrides"]
+    one = jobs["regression-fig2", "1-layer, H = 64", 0]["overrides"]
+    assert four[-2:] == ["--data.init_args.batch_size", "8"] and "8" not in one
+    assert all(("RecallImages" in " ".join(j["overrides"])) == ("/recall/" in j["config"]) for j in jobs.values())
+
+
+def test_a_failed_run_is_reported_and_the_rest_still_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recall-margins", *TINY, "--steps", "5", "--out", str(tmp_path),
+              "--fit-args", "recall/fig1/origin-*:--model.init_args.d_model 8"])  # d_model < 2N: a config error
+    assert "1 run(s) failed" in str(exit_info.value.code)
+    text = (tmp_path / "results.md").read_text()
+    assert "| Origin-Linear-FA (α=0.5) (failed: seed 0) | — |" in text
+    assert "| Reparam-Linear-FA (α=0.5) | 5 |" in text
