@@ -21,9 +21,9 @@ and the fastest run counts (the machine is shared).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -31,37 +31,25 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Callback
 from torch.nn import functional as nnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import machine, set_threads  # noqa: E402
+from timing import machine, machine_end, machine_line, parser, set_threads, train_step  # noqa: E402
 
+from icrl.cadence import is_logging_step  # noqa: E402
 from icrl.cli import cli_main  # noqa: E402
 from icrl.recall import RecallModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def logs_this_step(module) -> bool:
-    """The steps whose ``train/loss`` the logger writes (every ``log_every_n_steps``), and the last."""
-    trainer, step = module.trainer, module.global_step + 1
-    return bool(trainer.fast_dev_run) or step % max(trainer.log_every_n_steps, 1) == 0 or step == trainer.max_steps
-
-
-class LogOnLoggingSteps(RecallModule):
-    """Prototype of a fix: ``self.log("train/loss")`` only on the steps the logger writes.
-
-    Each ``self.log`` call costs Lightning a walk over its result collection (``_ResultMetric.to``),
-    0.2–0.4 ms on this CPU; the logger only writes every ``log_every_n_steps`` steps, so the other
-    calls only fed the progress bar. The TensorBoard curves are unchanged (same steps, same values).
-    """
+class LogEveryStep(RecallModule):
+    """The step as it was before: ``self.log("train/loss")`` on every step, not only on logging steps."""
 
     def training_step(self, batch, batch_idx):
         loss = nnf.cross_entropy(self(batch["tokens"]).logits, batch["target"])
-        if logs_this_step(self):
-            self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True)
         return loss
 
 
@@ -76,7 +64,7 @@ class ManualOptimization(RecallModule):
         self.automatic_optimization = False
 
     def training_step(self, batch, batch_idx):
-        log = logs_this_step(self)  # before the step: optimizer.step() advances global_step
+        log = is_logging_step(self)  # before the step: optimizer.step() advances global_step
         optimizer = self.optimizers()
         loss = nnf.cross_entropy(self(batch["tokens"]).logits, batch["target"])
         optimizer.zero_grad()
@@ -141,15 +129,13 @@ def run_bare(args, root: str) -> dict:
     for i in range(args.steps):  # training_step's loss, without its self.log (no Trainer here)
         starts.append((time.perf_counter(), time.process_time()))
         batch = next(loader)
-        loss = nnf.cross_entropy(module(batch["tokens"]).logits, batch["target"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(optimizer, nnf.cross_entropy(module(batch["tokens"]).logits, batch["target"]))
     starts.append((time.perf_counter(), time.process_time()))
     return summarise(intervals(starts, args.warmup))
 
 
-def run_fit(args, root: str, *extra: str) -> dict:
+def run_fit(args, root: str, *extra: str, miniters: str = "10") -> dict:
+    os.environ["TQDM_MINITERS"] = miniters  # read when the Trainer builds its progress bar
     cli = build(args, root, *extra)
     timer = StepTimer()
     cli.trainer.callbacks.append(timer)
@@ -161,36 +147,32 @@ def run_fit(args, root: str, *extra: str) -> dict:
             "validation_ms": 1e3 * statistics.fmean(val) if val else None, "validations": len(val)}
 
 
-QUIET = ["--model.class_path", "lightning_overhead.LogOnLoggingSteps"]
-BAR10 = ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar", "--trainer.callbacks.refresh_rate=10"]
+EVERY_STEP = ["--model.class_path", "lightning_overhead.LogEveryStep"]
 GUARD10 = ["--trainer.callbacks+=icrl.callbacks.NonFiniteGuard", "--trainer.callbacks.check_every_n_steps=10"]
 NO_BAR = ["--trainer.enable_progress_bar", "false"]
+REPRODUCE = [*NO_BAR, "--trainer.enable_checkpointing", "false"]
+# name: (icrl fit arguments, TQDM_MINITERS: the progress bar's least refresh rate; `icrl` sets 10)
 VARIANTS = {
-    "fit": [],
-    "fit, no progress bar": NO_BAR,
-    "fit, log on logging steps": QUIET,
-    "fit, log on logging steps, bar every 10": QUIET + BAR10,
-    "fit, log on logging steps, bar every 10, guard every 10": QUIET + BAR10 + GUARD10,
-    "fit, log on logging steps, no bar, guard every 10": QUIET + NO_BAR + GUARD10,
-    "fit, as icrl-reproduce runs it": NO_BAR + ["--trainer.enable_checkpointing", "false"],
-    "fit, as icrl-reproduce, log on logging steps, guard every 10": QUIET + NO_BAR + GUARD10 + [
-        "--trainer.enable_checkpointing", "false"],
-    "fit, as icrl-reproduce, both fixes, sampling in a worker": QUIET + NO_BAR + GUARD10 + [
-        "--trainer.enable_checkpointing", "false", "--data.init_args.num_workers", "1"],
-    "fit, as icrl-reproduce, both fixes, manual optimization": [
-        "--model.class_path", "lightning_overhead.ManualOptimization", *NO_BAR, *GUARD10, "--trainer.enable_checkpointing", "false"],
+    "fit": ([], "10"),
+    "fit, logging and bar every step (before the fixes)": (EVERY_STEP, "1"),
+    "fit, no progress bar": (NO_BAR, "10"),
+    "fit, guard every 10": (GUARD10, "10"),
+    "fit, as icrl-reproduce runs it": (REPRODUCE, "10"),
+    "fit, as icrl-reproduce, logging every step (before the fix)": ([*REPRODUCE, *EVERY_STEP], "10"),
+    "fit, as icrl-reproduce, guard every 10": ([*REPRODUCE, *GUARD10], "10"),
+    "fit, as icrl-reproduce, sampling in a worker": ([*REPRODUCE, "--data.init_args.num_workers", "1"], "10"),
+    "fit, as icrl-reproduce, manual optimization": (
+        ["--model.class_path", "lightning_overhead.ManualOptimization", *REPRODUCE], "10"),
 }
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, threads=1)
     p.add_argument("--config", type=Path, default=ROOT / "configs/recall/fig1/reparam-linear-fa.yaml")
     p.add_argument("--steps", type=int, default=600, help="training steps per run")
     p.add_argument("--warmup", type=int, default=50, help="steps left out at the start of each run")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant (alternating); the fastest counts")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
 
@@ -202,7 +184,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(sys.stderr):  # Lightning's prints, bars
         for _ in range(args.repeats):
             for name in ["bare", *args.variants]:
-                r = run_bare(args, root) if name == "bare" else run_fit(args, root, *VARIANTS[name])
+                r = run_bare(args, root) if name == "bare" else run_fit(args, root, *VARIANTS[name][0], miniters=VARIANTS[name][1])
                 if name not in best or r["step_ms"] < best[name]["step_ms"]:
                     best[name] = r
                 if not args.json:
@@ -212,16 +194,14 @@ def main(argv=None) -> dict:
         r["steps_per_s"] = 1e3 / r["step_ms"]
         r["overhead"] = r["step_ms"] / bare - 1
         r["overhead_cpu"] = r["step_cpu_ms"] / bare_cpu - 1
-    report = {"machine": {**start, "load_average_1min_end": machine()["load_average_1min"]},
+    report = {"machine": machine_end(start),
               "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
               "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
               "results": best, "overhead": best["fit"]["overhead"]}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        m = report["machine"]
-        print(f"{m['cpu']} ({m['cpu_count']} cores), torch {m['torch']}, {args.threads} thread(s); "
-              f"load {m['load_average_1min']} → {m['load_average_1min_end']}")
+        print(machine_line(report["machine"], f", {args.threads} thread(s)"))
         print(f"{report['config']}: {args.steps} steps per run, first {args.warmup} left out, best of {args.repeats}")
         print(f"{'run':62} {'ms/step':>8} {'median':>7} {'cpu ms':>7} {'steps/s':>8} {'overhead':>9} {'cpu':>6} "
               f"{'validation':>11}")
@@ -233,5 +213,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
     main()

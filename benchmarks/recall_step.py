@@ -28,7 +28,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +35,8 @@ from torch.nn import functional as nnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dense import dense_forward  # noqa: E402
-from timing import interleaved, machine, set_threads, summary, sync  # noqa: E402
+from timing import (interleaved, machine, machine_end, machine_line, parser, ratios, set_threads,  # noqa: E402
+                    summary, train_step)
 
 from icrl.optim import NormalizedGD  # noqa: E402
 from icrl.recall import RecallTask, RecallTransformer, sample_recall  # noqa: E402
@@ -74,10 +74,7 @@ def make_step(model: RecallTransformer, forward, batch_size: int, device: str, s
     def step():
         batch = sample_recall(task, batch_size, generator(seed, next(counter)))
         tokens, target = batch["tokens"].to(device), batch["target"].to(device)
-        loss = nnf.cross_entropy(forward(model, tokens), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(opt, nnf.cross_entropy(forward(model, tokens), target))
 
     return step
 
@@ -113,10 +110,7 @@ def run_combo(args, threads: int, attention: str, parameterization: str, alpha: 
     f, d, s = summary(times["fast"]), summary(times["dense"]), summary(times["sample"])
     return {"threads": threads, "attention": attention, "parameterization": parameterization,
             "feedforward": args.feedforward, "alpha": alpha,
-            "step_ms": f["min_ms"], "step_ms_median": f["median_ms"],
-            "dense_ms": d["min_ms"], "dense_ms_median": d["median_ms"],
-            "ratio": d["min_ms"] / f["min_ms"], "ratio_median": d["median_ms"] / f["median_ms"],
-            "step_cpu_ms": f["cpu_min_ms"], "dense_cpu_ms": d["cpu_min_ms"], "ratio_cpu": d["cpu_min_ms"] / f["cpu_min_ms"],
+            **ratios(f, d, "dense"), "step_cpu_ms": f["cpu_min_ms"], "dense_cpu_ms": d["cpu_min_ms"],
             "sample_ms": s["min_ms"], "sampling_share": s["min_ms"] / f["min_ms"], **check}
 
 
@@ -162,17 +156,12 @@ def measure_one(impl: str, context: int, args) -> dict:
     else:
         method = "VmHWM" if reset_peak_rss() else "ru_maxrss"
         base = rss_mib("VmRSS") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    times = []
-    for _ in range(args.scaling_steps):
-        t0 = time.perf_counter()
-        step()
-        sync(args.device)
-        times.append(time.perf_counter() - t0)
+    times = interleaved({"step": (step, args.scaling_steps)}, rounds=1, device=args.device, warmup=0)["step"]
     if cuda:
         peak, method = torch.cuda.max_memory_allocated() / 2**20, "cuda.max_memory_allocated"
     else:
         peak = rss_mib("VmHWM") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"impl": impl, "context": context, "step_ms": 1e3 * min(times), "peak_mib": peak - base,
+    return {"impl": impl, "context": context, "step_ms": summary(times)["min_ms"], "peak_mib": peak - base,
             "memory_method": method}
 
 
@@ -247,9 +236,7 @@ def fmt(per_thread: dict) -> str:
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to run at (default 1 2)")
+    p = parser(__doc__, threads=[1, 2])
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--vocab", type=int, default=60)
@@ -289,7 +276,7 @@ def main(argv=None) -> dict:
                 print(f"  {threads} thread(s) {attention}/{param} α={alpha}: {r['step_ms']:.3f} ms vs "
                       f"{r['dense_ms']:.1f} ms  ({r['ratio']:.0f}×)", file=sys.stderr)
     report = {
-        "machine": {**start, "load_average_1min_end": machine(args.device)["load_average_1min"]},
+        "machine": machine_end(start, args.device),
         "size": {"batch": args.batch, "context": args.context, "vocab": args.vocab, "d_model": args.d_model,
                  "feedforward": args.feedforward},
         "timing": f"min over {args.rounds} interleaved rounds ({args.fast_calls} package steps and 1 dense step each)",
@@ -310,9 +297,7 @@ def main(argv=None) -> dict:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        m = report["machine"]
-        print(f"{m['cpu']} ({m['cpu_count']} cores), torch {m['torch']}, device {m['device']}; "
-              f"load {m['load_average_1min']} → {m['load_average_1min_end']}")
+        print(machine_line(report["machine"], f", device {args.device}"))
         print(f"batch {args.batch}, context {args.context}, N {args.vocab}, d {args.d_model}, "
               f"feed-forward {args.feedforward}; {report['timing']}")
         print(table(results))

@@ -14,18 +14,18 @@ gradients are compared first.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as nnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved, machine, set_threads, summary  # noqa: E402
+from timing import (interleaved, machine, machine_end, machine_line, parser, ratios, set_threads,  # noqa: E402
+                    summary, train_step)
 
 from icrl.regression.data import generator, sample_labels  # noqa: E402
 from icrl.regression.models import OneLayerMultiHead  # noqa: E402
@@ -54,10 +54,7 @@ def make_step(net: OneLayerMultiHead, forward, v: Tensor, labels: list[Tensor]):
     def step():
         y = labels[state["i"] % len(labels)]
         state["i"] += 1
-        loss = nnf.mse_loss(forward(net, v, y[:, :n]), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(opt, nnf.mse_loss(forward(net, v, y[:, :n]), y))
 
     return step
 
@@ -87,17 +84,11 @@ def run(args, threads: int) -> dict:
     times = interleaved({"batched": (make_step(net, batched, v, labels), args.calls),
                          "loop": (make_step(copy.deepcopy(net), loop_over_heads, v, labels), args.calls)},
                         rounds=args.rounds)
-    b, lp = summary(times["batched"]), summary(times["loop"])
-    return {"threads": threads, "step_ms": b["min_ms"], "step_ms_median": b["median_ms"],
-            "loop_ms": lp["min_ms"], "loop_ms_median": lp["median_ms"], "ratio": lp["min_ms"] / b["min_ms"],
-            "ratio_median": lp["median_ms"] / b["median_ms"], "ratio_cpu": lp["cpu_min_ms"] / b["cpu_min_ms"],
-            **check}
+    return {"threads": threads, **ratios(summary(times["batched"]), summary(times["loop"]), "loop"), **check}
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p = parser(__doc__, threads=[1, 2])
     p.add_argument("--n-tokens", type=int, default=200, help="K")
     p.add_argument("--n-labelled", type=int, default=30, help="N")
     p.add_argument("--token-dim", type=int, default=100, help="d")
@@ -116,7 +107,7 @@ def main(argv=None) -> dict:
     for threads in args.threads:
         set_threads(threads)
         results.append(run(args, threads))
-    report = {"machine": {**start, "load_average_1min_end": machine()["load_average_1min"]},
+    report = {"machine": machine_end(start),
               "size": {"n_tokens": args.n_tokens, "n_labelled": args.n_labelled, "token_dim": args.token_dim,
                        "n_basis": args.n_basis, "heads": args.heads, "batch": args.batch},
               "timing": f"min over {args.rounds} interleaved rounds of {args.calls} steps each",
@@ -124,9 +115,7 @@ def main(argv=None) -> dict:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        m = report["machine"]
-        print(f"{m['cpu']} ({m['cpu_count']} cores), torch {m['torch']}; load {m['load_average_1min']} → "
-              f"{m['load_average_1min_end']}")
+        print(machine_line(report["machine"]))
         print(f"K {args.n_tokens}, N {args.n_labelled}, d {args.token_dim}, m {args.n_basis}, H {args.heads}, "
               f"batch {args.batch}; full Adam step; {report['timing']}")
         print(f"{'thr':>3} {'batched ms':>10} {'loop ms':>8} {'ratio':>6} {'median':>6} {'cpu':>5} {'pred err':>9} "

@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: thread setting, the machine's description, interleaved timing.
+"""Shared helpers of the benchmarks: command line, threads, the machine's description, a training
+step, interleaved timing and the ratios of two implementations' times.
 
 Timings on a shared machine are noisy, so implementations are compared in one process, timed in
 interleaved rounds (each round runs every implementation once, so a burst of load hits all of
@@ -10,6 +11,7 @@ more often than a short one, which would flatter the ratio of the two).
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -17,6 +19,18 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def parser(doc: str, threads: int | list[int]) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first paragraph, ``--json`` and ``--threads``.
+
+    ``--threads`` takes one count, or several (run in turn) where the default ``threads`` is a list.
+    """
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--threads", type=int, nargs="+" if isinstance(threads, list) else None, default=threads,
+                   help=f"torch threads to run at (default {threads})")
+    return p
 
 
 def set_threads(n: int) -> None:
@@ -37,6 +51,24 @@ def machine(device: str = "cpu") -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def machine_end(start: dict, device: str = "cpu") -> dict:
+    """``start`` (``machine()`` before the runs) with the load average after them."""
+    return {**start, "load_average_1min_end": machine(device)["load_average_1min"]}
+
+
+def machine_line(m: dict, extra: str = "") -> str:
+    """A table's first line: CPU, torch (then ``extra``) and the load average before → after."""
+    return (f"{m['cpu']} ({m['cpu_count']} cores), torch {m['torch']}{extra}; "
+            f"load {m['load_average_1min']} → {m['load_average_1min_end']}")
+
+
+def train_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """``zero_grad``, ``backward`` of ``loss``, ``step``."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
 
 
 def sync(device: str) -> None:
@@ -70,3 +102,12 @@ def summary(times: list[tuple[float, float]]) -> dict:
     wall = [w for w, _ in times]
     return {"min_ms": 1e3 * min(wall), "median_ms": 1e3 * statistics.median(wall),
             "cpu_min_ms": 1e3 * min(c for _, c in times)}
+
+
+def ratios(fast: dict, slow: dict, name: str) -> dict:
+    """Min and median ms of the package's step (``fast``, a ``summary``) and of the reference ``name``'s
+    (``slow``), and the ratios slow / fast: of the minima, the medians and the minimal CPU times."""
+    return {"step_ms": fast["min_ms"], "step_ms_median": fast["median_ms"],
+            f"{name}_ms": slow["min_ms"], f"{name}_ms_median": slow["median_ms"],
+            "ratio": slow["min_ms"] / fast["min_ms"], "ratio_median": slow["median_ms"] / fast["median_ms"],
+            "ratio_cpu": slow["cpu_min_ms"] / fast["cpu_min_ms"]}

@@ -27,3 +27,12 @@ def test_origin_linear_fa_fits_in_distribution_but_fails_ood(run_cli):
                             "--trainer.max_steps", "300", "--trainer.val_check_interval", "300"))
     assert m["val/loss"] < 0.05
     assert m["val/ood_loss"] > 1.0 and m["val/p_output_ood"] < 0.5
+
+
+def test_reparam_relu_fa_learns_from_zero_init(run_cli):
+    # All scores are 0 at zero init: with relu'(0) = 0, λ would get no gradient and the loss would stay
+    # at ln N; ReLUAttention's derivative 1 at 0 lets attention form and reach the Bayes risk.
+    m = end_metrics(run_cli("fit", "--config", str(ROOT / "configs" / "recall" / "finite" / "reparam-relu-fa.yaml"),
+                            *SMALL, "--data.n_samples", "512", "--trainer.max_steps", "200",
+                            "--trainer.val_check_interval", "200"))
+    assert m["val/loss"] < 0.05 and m["val/ood_loss"] < 0.05

@@ -92,10 +92,14 @@ def test_transformer_ignores_order_of_unlabelled_tokens():
         (lambda: TransformerBaseline(3, 4, d_model=16, n_heads=3), "n_heads"),
         (lambda: TemplateRegressionDataModule(n_tokens=10, n_labelled=12), "n_labelled"),
         (lambda: TemplateRegressionDataModule(noise_var=-1.0), "noise_var"),
+        (lambda: TemplateRegressionDataModule(noise_var=float("nan")), "noise_var"),
+        (lambda: TemplateRegressionDataModule(ood_mean=float("inf")), "ood_mean"),
+        (lambda: TransformerBaseline(3, 4, d_model=0, n_heads=1), "d_model"),
         (lambda: TemplateRegressionDataModule(noise_var=0.0, n_labelled=10, n_basis=20), "noise_var=0"),
         (lambda: TemplateRegressionDataModule(batch_size=64, n_train=10), "n_train"),
         (lambda: OneLayerRegression(None), "task"),
         (lambda: OneLayerRegression(TemplateRegressionDataModule().task, gamma=0.0), "gamma"),
+        (lambda: OneLayerRegression(TemplateRegressionDataModule().task, optimizer=partial(torch.optim.Adam, lr=0.0)), "lr"),
     ],
 )
 def test_bad_settings_raise_value_error_naming_them(build, setting):

@@ -33,10 +33,19 @@ class LinearAttention(Attention):
 
 
 class ReLUAttention(Attention):
-    """``σ(s) = max(s, 0)``."""
+    """``σ(s) = max(s, 0)``, with derivative 1 at ``s = 0``.
+
+    Every parameterization starts from zero, so all scores are 0 on the first step; with torch's
+    ``relu'(0) = 0`` no gradient would ever reach ``W`` (or ``λ``) and attention would never form.
+    Taking the right derivative at 0 (also a valid subgradient) lets it train.
+
+    >>> s = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    >>> ReLUAttention()(s).sum().backward(); s.grad
+    tensor([0., 1., 1.])
+    """
 
     def forward(self, scores: Tensor) -> Tensor:
-        return torch.relu(scores)
+        return scores * (scores >= 0)
 
 
 class SoftmaxAttention(Attention):

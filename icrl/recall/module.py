@@ -9,6 +9,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torch.nn import functional as nnf
 
+from icrl.cadence import is_logging_step
 from icrl.optim import NormalizedGD, check_optimizer
 from icrl.recall.attention import Attention, attention_name
 from icrl.recall.metrics import MeanCrossEntropy
@@ -27,7 +28,7 @@ class RecallModule(LightningModule):
         optimizer: a callable from parameters to an optimizer (YAML ``class_path``); defaults to
             ``NormalizedGD(lr=0.1)``, the paper's choice.
 
-    Logs ``train/loss`` every step and, per validation, ``val/loss`` (in distribution) and
+    Logs ``train/loss`` on the steps the logger writes (``log_every_n_steps``) and, per validation, ``val/loss`` (in distribution) and
     ``val/ood_loss`` (unseen outputs); add ``RecallEvaluation`` for Bayes gaps, probabilities and
     margins.
     """
@@ -51,7 +52,8 @@ class RecallModule(LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = nnf.cross_entropy(self(batch["tokens"]).logits, batch["target"])
-        self.log("train/loss", loss, prog_bar=True)
+        if is_logging_step(self):
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> dict:

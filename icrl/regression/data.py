@@ -9,11 +9,14 @@ scored on all ``K``. Unseen tasks draw ``λ ~ N(1, 4 I)`` instead.
 A batch is a dict ``{"v": (K, d), "f": (K, m), "y": (B, K)}``: the shared tables travel once per
 batch, not once per prompt. Training batch ``i`` on rank ``r`` is a pure function of
 ``(seed, r, i)``, so the stream does not depend on ``num_workers`` and a resumed run continues it.
+Under DDP each rank validates its own contiguous share of each validation set (no padding, no
+prompt twice), so the metrics, summed over ranks, are those of one process.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import torch
@@ -72,6 +75,20 @@ class PromptStream(IterableDataset):
             yield {"v": self.v, "f": self.f, "y": y}
 
 
+class Batches(IterableDataset):
+    """Fixed validation batches, iterated as they are: an iterable, so Lightning adds no
+    ``DistributedSampler`` (which would pad a rank's share with repeated batches)."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class TemplateRegressionDataModule(LightningDataModule):
     """Prompts of template regression, with an in-distribution and an unseen-task validation set.
 
@@ -85,7 +102,8 @@ class TemplateRegressionDataModule(LightningDataModule):
         batch_size: prompts per batch.
         n_train: ``None`` for an endless stream of fresh prompts; an integer for the paper's finite
             regime (a fixed training set of that many prompts, sampled batch by batch).
-        n_val: prompts in each validation set (paper: 200 test prompts).
+        n_val: prompts in each validation set (paper: 200 test prompts); under DDP each process
+            scores its share, so at least one prompt per process.
         ood_mean, ood_var: unseen tasks draw ``λ ~ N(ood_mean, ood_var·I)`` (paper: 1, 4).
         seed: seeds the tables ``v``, ``f``, the training pool and the training stream.
         val_seed: seeds the validation sets.
@@ -118,8 +136,11 @@ class TemplateRegressionDataModule(LightningDataModule):
                 f"n_labelled must lie in [1, n_tokens - 1] = [1, {n_tokens - 1}] (the other tokens are the unseen examples), "
                 f"got n_labelled={n_labelled}"
             )
-        if noise_var < 0 or ood_var < 0:
-            raise ValueError(f"noise_var and ood_var must be >= 0, got noise_var={noise_var}, ood_var={ood_var}")
+        for name, value in dict(noise_var=noise_var, ood_var=ood_var).items():
+            if not 0 <= value < math.inf:
+                raise ValueError(f"{name} (a variance) must be finite and >= 0, got {name}={value}")
+        if not math.isfinite(ood_mean):
+            raise ValueError(f"ood_mean must be finite, got ood_mean={ood_mean}")
         if noise_var == 0 and n_labelled < n_basis:
             raise ValueError(
                 f"noise_var=0 needs n_labelled >= n_basis = {n_basis} (else the ridge system Z Zᵀ is singular), "
@@ -134,30 +155,38 @@ class TemplateRegressionDataModule(LightningDataModule):
         self.v = torch.randn(n_tokens, token_dim, generator=gen)  # (K, d)
         self.f = torch.randn(n_tokens, n_basis, generator=gen)  # (K, m)
         self.batches_seen = 0  # training batches consumed, restored on resume
-        self.rank = 0
 
     @property
     def task(self) -> dict:
         """Sizes and noise level the model is built for (linked into its ``task`` argument)."""
         return {name: self.hparams[name] for name in ("n_tokens", "n_labelled", "token_dim", "n_basis", "noise_var")}
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
     def setup(self, stage: str) -> None:
-        self.rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self._rank_and_world()[1]
+        if stage in ("fit", "validate") and self.hparams.n_val < world:
+            raise ValueError(f"n_val must be >= the number of processes = {world} (each validates a share), "
+                             f"got n_val={self.hparams.n_val}")
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         pool = None if hp.n_train is None else sample_labels(self.f, hp.n_train, hp.noise_var, generator(hp.seed, POOL))
-        stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, self.rank, self.batches_seen, pool)
+        rank = self._rank_and_world()[0]
+        stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_seen, pool)
         return DataLoader(stream, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``."""
         hp = self.hparams
+        rank, world = self._rank_and_world()
         loaders = []
         for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)]):
-            y = sample_labels(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, VAL, i), mean, var)
-            batches = [{"v": self.v, "f": self.f, "y": chunk} for chunk in y.split(hp.batch_size)]
-            loaders.append(DataLoader(batches, batch_size=None))
+            y = sample_labels(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, VAL, i), mean, var)  # (n_val, K)
+            share = y.tensor_split(world)[rank]  # this rank's contiguous share of the prompts
+            batches = [{"v": self.v, "f": self.f, "y": chunk} for chunk in share.split(hp.batch_size)]
+            loaders.append(DataLoader(Batches(batches), batch_size=None))
         return loaders
 
     def state_dict(self) -> dict:
@@ -167,4 +196,12 @@ class TemplateRegressionDataModule(LightningDataModule):
         return {"v": self.v, "f": self.f, "batches_seen": batches}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.v, self.f, self.batches_seen = state_dict["v"], state_dict["f"], state_dict["batches_seen"]
+        v, f = state_dict["v"], state_dict["f"]
+        expected = dict(v=self.v.shape, f=self.f.shape)
+        if (v.shape, f.shape) != (expected["v"], expected["f"]):
+            raise ValueError(
+                f"the checkpoint's tables have shapes v={tuple(v.shape)}, f={tuple(f.shape)}, but this data module "
+                f"(n_tokens, token_dim, n_basis) expects v={tuple(expected['v'])}, f={tuple(expected['f'])}: "
+                "resume with the sizes the checkpoint was trained with"
+            )
+        self.v, self.f, self.batches_seen = v, f, int(state_dict["batches_seen"])

@@ -74,6 +74,8 @@ class TransformerBaseline(nn.Module):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got n_layers={n_layers}")
+        if d_model < 1 or d_ff < 1:
+            raise ValueError(f"d_model and d_ff must be >= 1, got d_model={d_model}, d_ff={d_ff}")
         if n_heads < 1 or d_model % n_heads:
             raise ValueError(f"n_heads must be >= 1 and divide d_model={d_model}, got n_heads={n_heads}")
         if not 0.0 <= dropout < 1.0:

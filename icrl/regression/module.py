@@ -29,6 +29,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 
+from icrl.cadence import is_logging_step
+from icrl.optim import check_optimizer
 from icrl.regression.models import OneLayerMultiHead, TransformerBaseline
 from icrl.regression.references import best_reference, ridge_reference
 
@@ -53,10 +55,10 @@ class TemplateRegressionModule(LightningModule):
         super().__init__()
         if task is None:
             raise ValueError("task is None: pass the data module's task, e.g. TemplateRegressionDataModule(...).task")
-        if not gamma > 0:
-            raise ValueError(f"gamma must be > 0 (η_w = γ² η_Q), got gamma={gamma}")
+        if not 0 < gamma < float("inf"):
+            raise ValueError(f"gamma must be finite and > 0 (η_w = γ² η_Q), got gamma={gamma}")
         self.save_hyperparameters(ignore=["optimizer"])
-        self.optimizer = optimizer or partial(torch.optim.Adam, lr=1e-4)
+        self.optimizer = check_optimizer(optimizer or partial(torch.optim.Adam, lr=1e-4))  # a bad lr fails here, not at step 0
         self.val_metrics = nn.ModuleList(nn.ModuleDict({name: MeanSquaredError() for name in VAL_METRICS}) for _ in VAL_PREFIXES)
 
     def forward(self, v: Tensor, y_prompt: Tensor) -> Tensor:
@@ -66,7 +68,8 @@ class TemplateRegressionModule(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         y = batch["y"]  # (B, K)
         loss = F.mse_loss(self(batch["v"], y[:, : self.hparams.task["n_labelled"]]), y)
-        self.log("train/loss", loss, prog_bar=True)
+        if is_logging_step(self):
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

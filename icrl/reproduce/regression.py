@@ -82,6 +82,16 @@ def fig3() -> Experiment:
         quick_note="token dimension d = 32, 200 steps (full: d = 100, 5000 steps)")
 
 
+def heads_sweep(model: str, config: str, flag: str, heads: tuple[int, ...], x: str = "step",
+                vlines: tuple[tuple[float, str], ...] = ()) -> tuple[tuple[Run, ...], tuple[Curves, Sweep]]:
+    """A run of ``config`` per number of heads (set by the override ``flag``), and the panels of their
+    training loss: against ``x`` (``Curves.x``), and its end value against H."""
+    runs = tuple(Run(model, config, (flag, str(h)), {"heads": h}) for h in heads)
+    return runs, (Curves("train/loss", "training loss", "mean squared error", legend=("heads",), x=x),
+                  Sweep("train/loss", "heads", "end training loss against H", "mean squared error", logx=True,
+                        vlines=vlines))
+
+
 HEADS = (8, 16, 32, 64, 128, 256)
 
 
@@ -91,15 +101,12 @@ def fig4() -> Experiment:
               "too few heads (H < N = 30) stall: H = 8 above 2 × the loss of H = 64", kind="above"),
         Check({"heads": 16}, "train/loss", Ref("train/loss", {"heads": 64}), "H = 16 < N above H = 64", kind="above"),
     )
+    runs, panels = heads_sweep("1-layer", "regression/fig4-heads.yaml", "--model.init_args.heads", HEADS,
+                               vlines=((30, "H = N = 30"),))
     return Experiment(
         "regression-fig4", "1-layer training loss against the number of heads H", PAPER + ", Figure 4",
-        runs=tuple(Run("1-layer", "regression/fig4-heads.yaml", ("--model.init_args.heads", str(h)), {"heads": h})
-                   for h in HEADS),
-        figures=(Figure("regression-fig4", (
-            Curves("train/loss", "training loss", "mean squared error", legend=("heads",)),
-            Sweep("train/loss", "heads", "end training loss against H", "mean squared error", logx=True,
-                  vlines=((30, "H = N = 30"),)),
-        ), "Figure 4: one-layer model, number of heads H (N = 30)"),),
+        runs=runs,
+        figures=(Figure("regression-fig4", panels, "Figure 4: one-layer model, number of heads H (N = 30)"),),
         columns=COLUMNS[:3] + COLUMNS[6:7], checks=checks,
         quick=("--trainer.max_steps", "400", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "10"),
         quick_note="400 steps (full: 5000)")
@@ -113,15 +120,14 @@ def fig5() -> Experiment:
         Check({"heads": 1}, "train/loss", Ref("train/loss", {"heads": 8}, scale=2.0),
               "few heads suffice: H = 1 within 2 × the loss of H = 8", kind="below"),
     )
+    runs, panels = heads_sweep("4-layer transformer", "regression/fig5-4layer-heads.yaml", "--model.init_args.n_heads",
+                               HEADS_4L, x="time")
     return Experiment(
         "regression-fig5", "4-layer transformer against the number of heads, fixed wall-clock budget",
         PAPER + ", Figure 5",
-        runs=tuple(Run("4-layer transformer", "regression/fig5-4layer-heads.yaml",
-                       ("--model.init_args.n_heads", str(h)), {"heads": h}) for h in HEADS_4L),
-        figures=(Figure("regression-fig5", (
-            Curves("train/loss", "training loss", "mean squared error", legend=("heads",), x="time"),
-            Sweep("train/loss", "heads", "end training loss against H", "mean squared error", logx=True),
-        ), "Figure 5: 4-layer transformer, heads at a fixed wall-clock budget"),),
+        runs=runs,
+        figures=(Figure("regression-fig5", panels,
+                        "Figure 5: 4-layer transformer, heads at a fixed wall-clock budget"),),
         columns=COLUMNS[:3], checks=checks,
         quick=(*FOUR_LAYER_SMALL, "--trainer.max_time", "00:00:00:05", "--trainer.val_check_interval", "10",
                "--trainer.log_every_n_steps", "5"),

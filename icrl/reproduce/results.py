@@ -60,7 +60,7 @@ def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
     for check in exp.checks:
         run = find_run(exp, check.run)
         values = end_values(data.get(run, {}), check.metric)
-        mean = float(np.nanmean(values)) if (~np.isnan(values)).any() else math.nan
+        mean = mean_end(data.get(run, {}), check.metric)
         ref = check.reference
         if isinstance(ref, Ref):
             ref_run = run if ref.where is None else find_run(exp, ref.where)

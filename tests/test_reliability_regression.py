@@ -1,0 +1,192 @@
+"""Reliability of template-regression runs: bad input, resume, DDP, determinism, safe checkpoints."""
+
+import json
+import os
+import subprocess
+import textwrap
+
+import pytest
+import torch
+
+from conftest import ROOT
+from icrl.regression import OneLayerRegression, TemplateRegressionDataModule, TransformerRegression
+
+CFG = str(ROOT / "configs" / "regression" / "fig2-1layer.yaml")
+DEEP = str(ROOT / "configs" / "regression" / "fig2-4layer.yaml")
+# K=12, N=4, d=6, m=3; 24 validation prompts in batches of 8 (3 batches: an odd count for 2 ranks)
+SMALL = ["--data.n_tokens", "12", "--data.n_labelled", "4", "--data.token_dim", "6", "--data.n_basis", "3",
+         "--data.noise_var", "0.1", "--data.batch_size", "8", "--data.n_train", "64", "--data.n_val", "24"]
+ONE_LAYER = [CFG, *SMALL, "--model.heads", "4", "--model.beta", "0.3", "--model.optimizer.lr", "0.01"]
+DEEP_SMALL = [DEEP, *SMALL, "--model.n_layers", "1", "--model.d_model", "8", "--model.d_ff", "16",
+              "--model.n_heads", "2", "--model.optimizer.lr", "0.01"]
+
+BAD = {
+    "n_labelled > n_tokens": (["--data.n_labelled", "300"],
+                              "n_labelled must lie in [1, n_tokens - 1] = [1, 199] (the other tokens are the unseen "
+                              "examples), got n_labelled=300"),
+    "n_labelled = 0": (["--data.n_labelled", "0"], "n_labelled must lie in [1, n_tokens - 1] = [1, 199]"),
+    "heads = 0": (["--model.heads", "0"], "heads must be >= 1 (the paper needs heads >= n_labelled = 30), got heads=0"),
+    "beta = 0": (["--model.beta", "0"], "beta (std of the initial Q_h entries) must be > 0, got beta=0.0"),
+    "gamma = 0": (["--model.gamma", "0"], "gamma must be finite and > 0 (η_w = γ² η_Q), got gamma=0.0"),
+    "noise_var < 0": (["--data.noise_var", "-1"], "noise_var (a variance) must be finite and >= 0, got noise_var=-1.0"),
+    "ood_var < 0": (["--data.ood_var", "-4"], "ood_var (a variance) must be finite and >= 0, got ood_var=-4.0"),
+    "noiseless and N < m": (["--data.noise_var", "0", "--data.n_basis", "40"],
+                            "noise_var=0 needs n_labelled >= n_basis = 40"),
+    "lr = 0": (["--model.optimizer.lr", "0"], "optimizer: the learning rate must be > 0, got lr=0.0"),
+    "lr < 0": (["--model.optimizer.lr", "-0.001"], "optimizer: Invalid learning rate: -0.001"),
+    "lr < 0 (SGD)": (["--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "-0.5"],
+                     "optimizer: Invalid learning rate: -0.5"),
+    "n_basis = 0": (["--data.n_basis", "0"], "n_basis must be >= 1, got n_basis=0"),
+    "token_dim = 0": (["--data.token_dim", "0"], "token_dim must be >= 1, got token_dim=0"),
+    "n_tokens = 0": (["--data.n_tokens", "0"], "n_tokens must be >= 1, got n_tokens=0"),
+    "batch_size = 0": (["--data.batch_size", "0"], "batch_size must be >= 1, got batch_size=0"),
+    "n_val = 0": (["--data.n_val", "0"], "n_val must be >= 1, got n_val=0"),
+    "n_train < batch_size": (["--data.n_train", "10"],
+                             "n_train must be None (endless stream) or >= batch_size = 256, got n_train=10"),
+    "num_workers < 0": (["--data.num_workers", "-1"], "num_workers must be >= 0, got num_workers=-1"),
+    "transformer n_heads = 0": (["--config", DEEP, "--model.n_heads", "0"],
+                                "n_heads must be >= 1 and divide d_model=256, got n_heads=0"),
+    "transformer n_heads does not divide d_model": (["--config", DEEP, "--model.n_heads", "3"],
+                                                    "n_heads must be >= 1 and divide d_model=256, got n_heads=3"),
+    "transformer dropout = 1": (["--config", DEEP, "--model.dropout", "1"], "dropout must lie in [0, 1), got dropout=1.0"),
+}
+
+
+def assert_nothing_ran(root):
+    assert not (root / "lightning_logs").exists()  # no trainer, no logger, no step
+    assert not list(root.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_setting_is_refused_before_training(case, run_cli, capsys, tmp_path):
+    args, message = BAD[case]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", CFG, *args)  # a later --config (the 4-layer one) replaces the first
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert_nothing_ran(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["n_labelled > n_tokens", "heads = 0", "lr < 0"])
+def test_bad_setting_exits_2_from_the_command_line(case, icrl_cmd, tmp_path):
+    args, message = BAD[case]
+    proc = subprocess.run([*icrl_cmd, "fit", "--config", CFG, *args, "--trainer.default_root_dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "Epoch" not in proc.stdout + proc.stderr  # no progress bar: no training step
+    assert_nothing_ran(tmp_path)
+
+
+def end_metrics(cli):
+    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
+
+
+@pytest.mark.parametrize("config", [ONE_LAYER, DEEP_SMALL], ids=["one-layer", "transformer"])
+def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli, tmp_path):
+    common = ["--config", *config, "--trainer.val_check_interval", "5"]
+    full = end_metrics(run_cli("fit", *common, "--trainer.max_steps", "10"))
+    half = run_cli("fit", *common, "--trainer.max_steps", "5")
+    ckpt = half.trainer.checkpoint_callback.best_model_path
+    resumed = run_cli("fit", *common, "--trainer.max_steps", "10", "--ckpt_path", ckpt)
+    assert resumed.trainer.global_step == 10
+    end = end_metrics(resumed)
+    assert full.keys() == end.keys() and "val/unseen_task_loss" in full
+    for key in full:
+        assert end[key] == pytest.approx(full[key], abs=1e-6), key
+
+
+def test_checkpoint_holds_the_tables_and_the_stream_position(run_cli, tmp_path):
+    cli = run_cli("fit", "--config", *ONE_LAYER, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3")
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    state = torch.load(ckpt, weights_only=True)["TemplateRegressionDataModule"]
+    assert state["batches_seen"] == 3
+    torch.testing.assert_close(state["v"], cli.datamodule.v, rtol=0, atol=0)
+    torch.testing.assert_close(state["f"], cli.datamodule.f, rtol=0, atol=0)
+    assert state["v"].shape == (12, 6) and state["f"].shape == (12, 3)
+
+    # a data module seeded otherwise gets the saved tables (and stream position) back
+    other = TemplateRegressionDataModule(n_tokens=12, n_labelled=4, token_dim=6, n_basis=3, seed=1)
+    assert not torch.equal(other.f, state["f"])
+    other.load_state_dict(state)
+    assert torch.equal(other.v, state["v"]) and torch.equal(other.f, state["f"]) and other.batches_seen == 3
+
+    # so validating the checkpoint with another data seed scores the very same validation sets
+    trained = {k: v for k, v in end_metrics(cli).items() if k.startswith("val/")}
+    again = end_metrics(run_cli("validate", "--config", *ONE_LAYER, "--data.seed", "1", "--ckpt_path", ckpt))
+    for key, value in trained.items():
+        assert again[key] == pytest.approx(value, abs=1e-6), key
+
+    # tables of other sizes are refused with the sizes named
+    with pytest.raises(ValueError, match=r"checkpoint's tables have shapes v=\(12, 6\), f=\(12, 3\).*f=\(12, 5\)"):
+        TemplateRegressionDataModule(n_tokens=12, n_labelled=4, token_dim=6, n_basis=5).load_state_dict(state)
+
+
+def test_same_seed_same_metrics_and_different_seed_different_stream(run_cli):
+    args = ["fit", "--config", *ONE_LAYER, "--data.n_train", "null", "--trainer.max_steps", "4",
+            "--trainer.val_check_interval", "4"]
+    a, b = end_metrics(run_cli(*args)), end_metrics(run_cli(*args))
+    c = end_metrics(run_cli(*args, "--data.seed", "1"))
+    assert a == b
+    assert a["train/loss"] != c["train/loss"]
+    # the seed moves the stream itself, not only the tables: give seed 1 the tables of seed 0
+    hp = dict(n_tokens=12, n_labelled=4, token_dim=6, n_basis=3, batch_size=8)
+    dms = [TemplateRegressionDataModule(**hp, seed=s) for s in (0, 0, 1)]
+    dms[2].load_state_dict(dms[0].state_dict())
+    first = [next(iter(dm.train_dataloader()))["y"] for dm in dms]
+    assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
+
+
+@pytest.mark.parametrize("config, cls", [(ONE_LAYER, OneLayerRegression), (DEEP_SMALL, TransformerRegression)],
+                         ids=["one-layer", "transformer"])
+def test_checkpoint_loads_with_weights_only(config, cls, run_cli):
+    cli = run_cli("fit", "--config", *config, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2")
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    model = cls.load_from_checkpoint(ckpt, weights_only=True)
+    assert model.hparams.task == cli.datamodule.task
+    for (name, p), q in zip(model.named_parameters(), cli.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+PROBE = textwrap.dedent('''
+    import json, os
+    from lightning.pytorch import Callback
+
+    class Probe(Callback):
+        """Writes each rank's first training batch and the final validation metrics to JSON."""
+        def __init__(self, out: str):
+            self.out, self.first = out, None
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.first is None:
+                self.first = batch["y"][:2].tolist()
+        def on_validation_end(self, trainer, pl_module):
+            metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
+                json.dump({"first": self.first, "metrics": metrics}, f)
+''')
+
+
+def test_two_process_ddp_run(icrl_cmd, tmp_path, run_cli):
+    (tmp_path / "probe_ext.py").write_text(PROBE)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    callback = json.dumps({"class_path": "probe_ext.Probe", "init_args": {"out": str(out)}})
+    proc = subprocess.run(
+        [*icrl_cmd, "fit", "--config", *ONE_LAYER, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--trainer.enable_progress_bar", "false", "--trainer.callbacks+", callback,
+         "--trainer.default_root_dir", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["first"] != ranks[1]["first"]  # the ranks train on different samples
+    assert ranks[0]["metrics"] == ranks[1]["metrics"] and "val/unseen_task_ridge_gap" in ranks[0]["metrics"]
+    # the DDP checkpoint loads in one process, and one process validates it to the same numbers: each
+    # validation prompt was scored exactly once over the two ranks (24 prompts, 3 batches of 8)
+    ckpt = next(out.rglob("*.ckpt"))
+    model = OneLayerRegression.load_from_checkpoint(ckpt, weights_only=True)
+    assert model.hparams.task["n_tokens"] == 12
+    single = run_cli("validate", "--config", *ONE_LAYER, "--ckpt_path", str(ckpt))
+    for key, value in ranks[0]["metrics"].items():
+        assert single.trainer.callback_metrics[key].item() == pytest.approx(value, rel=1e-5, abs=1e-6), key
