@@ -8,6 +8,7 @@ zero there would write NaNs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 
 import torch
@@ -71,11 +72,13 @@ def check_optimizer(optimizer: Callable[[Iterable], torch.optim.Optimizer]) -> C
     >>> check_optimizer(lambda params: torch.optim.SGD(params, lr=-1.0))
     Traceback (most recent call last):
     ...
-    ValueError: optimizer: Invalid learning rate: -1.0
+    ValueError: optimizer: the learning rate must be > 0, got lr=-1.0
     """
     try:
         opt = optimizer([torch.nn.Parameter(torch.zeros(1))])
     except ValueError as err:
+        if bad_lr := re.fullmatch(r"Invalid learning rate: (\S+)", str(err)):  # torch's wording for lr < 0
+            raise ValueError(f"optimizer: the learning rate must be > 0, got lr={bad_lr[1]}") from None
         raise ValueError(f"optimizer: {err}") from None
     for group in opt.param_groups:
         if "lr" in group and not group["lr"] > 0:

@@ -1,9 +1,6 @@
 """Reliability of recall runs: bad input, non-finite losses, resume, DDP, determinism, safe checkpoints."""
 
-import json
 import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -35,7 +32,7 @@ BAD = {
                                    "cannot express the noisy task"),
     "lr = 0": (["--model.optimizer.lr", "0"], "lr must be > 0, got lr=0.0"),
     "lr < 0 (torch optimizer)": (["--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "-0.5"],
-                                 "optimizer: Invalid learning rate: -0.5"),
+                                 "optimizer: the learning rate must be > 0, got lr=-0.5"),
     "batch size 0": (["--data.batch_size", "0"], "batch_size must be >= 1"),
 }
 
@@ -113,42 +110,12 @@ def test_checkpoint_loads_with_weights_only(run_cli, tmp_path):
     torch.testing.assert_close(model.model.param.lam, cli.model.model.param.lam)
 
 
-PROBE = textwrap.dedent('''
-    import json, os
-    import torch
-    from lightning.pytorch import Callback
-
-    class Probe(Callback):
-        """Writes each rank's first training batch and the final validation metrics to JSON."""
-        def __init__(self, out: str):
-            self.out, self.first = out, None
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if self.first is None:
-                self.first = batch["tokens"][:4].tolist()
-        def on_validation_end(self, trainer, pl_module):
-            metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-            with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
-                json.dump({"first": self.first, "metrics": metrics}, f)
-''')
-
-
-def test_two_process_ddp_run(icrl_cmd, tmp_path, run_cli):
-    (tmp_path / "probe_ext.py").write_text(PROBE)
-    out = tmp_path / "ddp"
-    out.mkdir()
-    callback = json.dumps({"class_path": "probe_ext.Probe", "init_args": {"out": str(out)}})
-    proc = subprocess.run(
-        [*icrl_cmd, "fit", "--config", CFG, *SMALL, "--data.alpha", "0.5", "--trainer.max_steps", "10",
-         "--trainer.val_check_interval", "10", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-         "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
-         "--trainer.callbacks+", callback, "--trainer.default_root_dir", str(out)],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+def test_two_process_ddp_run(ddp_fit, run_cli):
+    ranks, ckpt = ddp_fit("--config", CFG, *SMALL, "--data.alpha", "0.5", "--trainer.max_steps", "10",
+                          "--trainer.val_check_interval", "10", key="tokens")
     assert ranks[0]["first"] != ranks[1]["first"]  # the ranks train on different samples
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # metrics are reduced over both ranks
     # the DDP checkpoint loads in one process, and one process validates it to the same numbers
-    ckpt = next(out.rglob("*.ckpt"))
     model = RecallModule.load_from_checkpoint(ckpt, weights_only=True)
     assert model.task.alpha == 0.5
     single = run_cli("validate", "--config", CFG, *SMALL, "--data.alpha", "0.5", "--ckpt_path", str(ckpt))

@@ -1,9 +1,6 @@
 """Reliability of template-regression runs: bad input, resume, DDP, determinism, safe checkpoints."""
 
-import json
-import os
 import subprocess
-import textwrap
 
 import pytest
 import torch
@@ -33,9 +30,9 @@ BAD = {
     "noiseless and N < m": (["--data.noise_var", "0", "--data.n_basis", "40"],
                             "noise_var=0 needs n_labelled >= n_basis = 40"),
     "lr = 0": (["--model.optimizer.lr", "0"], "optimizer: the learning rate must be > 0, got lr=0.0"),
-    "lr < 0": (["--model.optimizer.lr", "-0.001"], "optimizer: Invalid learning rate: -0.001"),
+    "lr < 0": (["--model.optimizer.lr", "-0.001"], "optimizer: the learning rate must be > 0, got lr=-0.001"),
     "lr < 0 (SGD)": (["--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "-0.5"],
-                     "optimizer: Invalid learning rate: -0.5"),
+                     "optimizer: the learning rate must be > 0, got lr=-0.5"),
     "n_basis = 0": (["--data.n_basis", "0"], "n_basis must be >= 1, got n_basis=0"),
     "token_dim = 0": (["--data.token_dim", "0"], "token_dim must be >= 1, got token_dim=0"),
     "n_tokens = 0": (["--data.n_tokens", "0"], "n_tokens must be >= 1, got n_tokens=0"),
@@ -149,42 +146,13 @@ def test_checkpoint_loads_with_weights_only(config, cls, run_cli):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
 
 
-PROBE = textwrap.dedent('''
-    import json, os
-    from lightning.pytorch import Callback
-
-    class Probe(Callback):
-        """Writes each rank's first training batch and the final validation metrics to JSON."""
-        def __init__(self, out: str):
-            self.out, self.first = out, None
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if self.first is None:
-                self.first = batch["y"][:2].tolist()
-        def on_validation_end(self, trainer, pl_module):
-            metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-            with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
-                json.dump({"first": self.first, "metrics": metrics}, f)
-''')
-
-
-def test_two_process_ddp_run(icrl_cmd, tmp_path, run_cli):
-    (tmp_path / "probe_ext.py").write_text(PROBE)
-    out = tmp_path / "ddp"
-    out.mkdir()
-    callback = json.dumps({"class_path": "probe_ext.Probe", "init_args": {"out": str(out)}})
-    proc = subprocess.run(
-        [*icrl_cmd, "fit", "--config", *ONE_LAYER, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
-         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-         "--trainer.enable_progress_bar", "false", "--trainer.callbacks+", callback,
-         "--trainer.default_root_dir", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+def test_two_process_ddp_run(ddp_fit, run_cli):
+    ranks, ckpt = ddp_fit("--config", *ONE_LAYER, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+                          key="y")
     assert ranks[0]["first"] != ranks[1]["first"]  # the ranks train on different samples
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and "val/unseen_task_ridge_gap" in ranks[0]["metrics"]
     # the DDP checkpoint loads in one process, and one process validates it to the same numbers: each
     # validation prompt was scored exactly once over the two ranks (24 prompts, 3 batches of 8)
-    ckpt = next(out.rglob("*.ckpt"))
     model = OneLayerRegression.load_from_checkpoint(ckpt, weights_only=True)
     assert model.hparams.task["n_tokens"] == 12
     single = run_cli("validate", "--config", *ONE_LAYER, "--ckpt_path", str(ckpt))

@@ -12,10 +12,10 @@ tensor([[0.5000, 0.5000, 0.5000]])
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 from torch import Tensor, nn
+
+from icrl.imports import import_subclass
 
 
 class Attention(nn.Module):
@@ -74,14 +74,8 @@ def build_attention(attention: str | Attention) -> Attention:
         return attention
     if attention in ATTENTIONS:
         return ATTENTIONS[attention]()
-    if isinstance(attention, str) and "." in attention:
-        module, _, cls_name = attention.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), cls_name)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"attention={attention!r} could not be imported: {err}") from err
-        if isinstance(cls, type) and issubclass(cls, Attention):
-            return cls()
+    if isinstance(attention, str) and (cls := import_subclass("attention", attention, Attention)) is not None:
+        return cls()
     raise ValueError(
         f"attention must be one of {sorted(ATTENTIONS)}, an icrl.recall.Attention instance (class_path in "
         f"YAML) or the import path of an Attention subclass, got attention={attention!r}"

@@ -21,12 +21,12 @@ Add one by subclassing ``Parameterization`` with a ``name``; the model then acce
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 from torch import Tensor, nn
 
+from icrl.imports import import_subclass
 from icrl.recall.task import RecallTask
 
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {}
@@ -133,14 +133,8 @@ def parameterization_class(name: str) -> type[Parameterization]:
     """Look up a registered name, or import a dotted path ``package.module.Class``."""
     if name in PARAMETERIZATIONS:
         return PARAMETERIZATIONS[name]
-    if "." in name:
-        module, _, cls_name = name.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), cls_name)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"parameterization={name!r} could not be imported: {err}") from err
-        if isinstance(cls, type) and issubclass(cls, Parameterization):
-            return cls
+    if (cls := import_subclass("parameterization", name, Parameterization)) is not None:
+        return cls
     raise ValueError(
         f"parameterization must be one of {sorted(PARAMETERIZATIONS)} or the import path of an "
         f"icrl.recall.Parameterization subclass, got parameterization={name!r}"
