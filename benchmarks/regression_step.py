@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import (interleaved, machine, machine_end, machine_line, parser, ratios, set_threads,  # noqa: E402
                     summary, train_step)
 
-from icrl.regression.data import generator, sample_labels  # noqa: E402
+from icrl.regression.data import sample_labels  # noqa: E402
+from icrl.streams import generator  # noqa: E402
 from icrl.regression.models import OneLayerMultiHead  # noqa: E402
 
 RTOL = 1e-4

@@ -15,22 +15,17 @@ prompt twice), so the metrics, summed over ranks, are those of one process.
 
 from __future__ import annotations
 
-import itertools
 import math
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
+
+from icrl.streams import BatchStream, FixedBatches, generator
 
 # Stream ids: independent random streams derived from one seed.
 TABLE, TRAIN, POOL, VAL = range(4)
-
-
-def generator(*entropy: int) -> torch.Generator:
-    """A torch generator seeded by a ``numpy.random.SeedSequence`` over ``entropy``."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1)[0]))
 
 
 def sample_labels(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mean: float = 0.0, var: float = 1.0) -> Tensor:
@@ -49,44 +44,27 @@ def sample_labels(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mea
     return lam @ f.T + noise  # (n, K)
 
 
-class PromptStream(IterableDataset):
-    """Endless training batches; batch ``i ≥ start`` is drawn from a generator seeded by (seed, rank, i).
+class PromptStream(BatchStream):
+    """Endless training batches; batch ``i`` is drawn from a generator seeded by (seed, rank, i).
 
     Without ``pool`` each batch draws fresh prompts (population training); with ``pool`` (a fixed
     ``(n_train, K)`` label set) it draws ``batch_size`` distinct prompts of the pool.
-    Worker ``w`` of ``W`` makes batches ``i ≡ w (mod W)``, which the DataLoader interleaves in order.
     """
 
     def __init__(
         self, v: Tensor, f: Tensor, batch_size: int, noise_var: float, seed: int, rank: int, start: int, pool: Tensor | None
     ):
+        super().__init__(start)
         self.v, self.f, self.pool = v, f, pool
-        self.batch_size, self.noise_var, self.seed, self.rank, self.start = batch_size, noise_var, seed, rank, start
+        self.batch_size, self.noise_var, self.seed, self.rank = batch_size, noise_var, seed, rank
 
-    def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        for i in itertools.count(self.start + worker, workers):
-            gen = generator(self.seed, TRAIN, self.rank, i)
-            if self.pool is None:
-                y = sample_labels(self.f, self.batch_size, self.noise_var, gen)
-            else:
-                y = self.pool[torch.randperm(len(self.pool), generator=gen)[: self.batch_size]]
-            yield {"v": self.v, "f": self.f, "y": y}
-
-
-class Batches(IterableDataset):
-    """Fixed validation batches, iterated as they are: an iterable, so Lightning adds no
-    ``DistributedSampler`` (which would pad a rank's share with repeated batches)."""
-
-    def __init__(self, batches: list[dict]):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+    def batch(self, i: int) -> dict[str, Tensor]:
+        gen = generator(self.seed, TRAIN, self.rank, i)
+        if self.pool is None:
+            y = sample_labels(self.f, self.batch_size, self.noise_var, gen)
+        else:
+            y = self.pool[torch.randperm(len(self.pool), generator=gen)[: self.batch_size]]
+        return {"v": self.v, "f": self.f, "y": y}
 
 
 class TemplateRegressionDataModule(LightningDataModule):
@@ -184,9 +162,8 @@ class TemplateRegressionDataModule(LightningDataModule):
         loaders = []
         for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)]):
             y = sample_labels(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, VAL, i), mean, var)  # (n_val, K)
-            share = y.tensor_split(world)[rank]  # this rank's contiguous share of the prompts
-            batches = [{"v": self.v, "f": self.f, "y": chunk} for chunk in share.split(hp.batch_size)]
-            loaders.append(DataLoader(Batches(batches), batch_size=None))
+            batches = FixedBatches({"y": y}, hp.batch_size, rank, world, shared={"v": self.v, "f": self.f})
+            loaders.append(DataLoader(batches, batch_size=None))
         return loaders
 
     def state_dict(self) -> dict:

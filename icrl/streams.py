@@ -1,0 +1,91 @@
+"""Reproducible streams of whole batches, shared by the data modules.
+
+Every random draw of a data module comes from a generator seeded by an integer key such as
+``(seed, stream id, rank, batch index)``. A batch is then a pure function of its key: the stream
+is the same for any number of DataLoader workers, ranks draw different batches, and a resumed run
+continues where it stopped from the number of batches it consumed alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+
+# Lightning warns about any IterableDataset with a __len__, since workers could make it wrong; the
+# loaders of FixedBatches have no workers, so their length is exact.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
+
+def generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from an integer key (64 bits of a ``numpy.random.SeedSequence``).
+
+    >>> x = torch.rand(2, generator=generator(0, 1, 5))
+    >>> torch.equal(x, torch.rand(2, generator=generator(0, 1, 5))), torch.equal(x, torch.rand(2, generator=generator(0, 1, 6)))
+    (True, False)
+    """
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class BatchStream(IterableDataset):
+    """Endless stream of whole batches ``batch(start), batch(start + 1), …``; subclasses define ``batch``.
+
+    Worker ``w`` of ``W`` yields batches ``start + w, start + w + W, …``, which the DataLoader takes
+    round-robin: the same stream for any number of workers, and a resumed run sets ``start`` to the
+    batches already consumed.
+
+    >>> class Squares(BatchStream):
+    ...     def batch(self, i):
+    ...         return {"x": torch.tensor([i * i])}
+    >>> [b["x"].item() for b in itertools.islice(Squares(start=2), 3)]
+    [4, 9, 16]
+    """
+
+    def __init__(self, start: int = 0):
+        self.start = start
+
+    def batch(self, i: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return map(self.batch, itertools.count(self.start + worker, workers))
+
+
+class FixedBatches(IterableDataset):
+    """A fixed set (validation, test) in batches of views; under DDP, this rank's contiguous share.
+
+    An iterable, so Lightning adds no ``DistributedSampler``, which would pad a rank's share with
+    repeated batches: here every example is scored by exactly one rank, and metrics summed over
+    ranks equal one process's. Whole batches, not examples: re-stacking single examples
+    (``default_collate``) would be most of a validation's time. ``shared`` entries (tables common
+    to all examples) go into every batch as they are.
+
+    >>> data = {"x": torch.arange(5)}
+    >>> [b["x"].tolist() for b in FixedBatches(data, 2)]
+    [[0, 1], [2, 3], [4]]
+    >>> [b["x"].tolist() for b in FixedBatches(data, 2, rank=1, world_size=2)]
+    [[3, 4]]
+    """
+
+    def __init__(self, data: dict[str, Tensor], batch_size: int, rank: int = 0, world_size: int = 1,
+                 shared: dict[str, Tensor] | None = None):
+        n = len(next(iter(data.values())))
+        share = torch.arange(n).tensor_split(world_size)[rank]  # the split Tensor.tensor_split makes
+        self.begin, self.end = (int(share[0]), int(share[-1]) + 1) if len(share) else (0, 0)
+        self.data, self.batch_size, self.shared = data, batch_size, shared or {}
+
+    def __len__(self) -> int:
+        return -(-(self.end - self.begin) // self.batch_size)
+
+    def __iter__(self):
+        for lo in range(self.begin, self.end, self.batch_size):
+            hi = min(lo + self.batch_size, self.end)
+            yield {**self.shared, **{k: v[lo:hi] for k, v in self.data.items()}}
