@@ -40,7 +40,7 @@ from timing import (interleaved, machine, machine_end, machine_line, parser, rat
 
 from icrl.optim import NormalizedGD  # noqa: E402
 from icrl.recall import RecallTask, RecallTransformer, sample_recall  # noqa: E402
-from icrl.recall.data import generator  # noqa: E402
+from icrl.streams import generator  # noqa: E402
 
 ATTENTIONS = ["linear", "relu", "softmax"]
 PARAMETERIZATIONS = ["origin", "reparam", "reparam_w"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
@@ -13,32 +15,73 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteGuard(Callback):
     """Stops a run at the first non-finite training loss, and never checkpoints non-finite weights.
 
-    The check costs one host sync per ``check_every_n_steps`` steps (free on CPU). Checkpoints
-    written before the failure are kept: the last one is the last good state.
+    Every step's loss is checked; what differs is when the host reads the result:
+
+    - every ``check_every_n_steps`` steps, and before every checkpoint and at the end of training.
+      Between two reads the step only keeps a reference to its loss (no kernel, no sync); a read
+      stacks the kept losses and syncs once. The error still names the first non-finite step.
+    - ``check_every_n_steps=None`` (the default): every step on a CPU, where reading a scalar costs
+      nothing (``loss.item()``, no kernel); ``trainer.log_every_n_steps`` on an accelerator, where
+      a read per step would stall the pipeline (the logger syncs on those steps anyway).
+
+    A checkpoint is written only after all losses before it were read finite, and only of finite
+    weights, so the last checkpoint of a stopped run is its last good state.
     """
 
-    def __init__(self, check_every_n_steps: int = 1):
-        if check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps must be >= 1, got check_every_n_steps={check_every_n_steps}")
+    def __init__(self, check_every_n_steps: int | None = None):
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1 or None, got check_every_n_steps={check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
+        self._every = 1
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (global step, loss) not yet read
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._pending = []
+        self._every = self.check_every_n_steps or (
+            1 if pl_module.device.type == "cpu" else max(trainer.log_every_n_steps, 1))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None or trainer.global_step % self.check_every_n_steps:
+        if loss is None:
             return
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(self._message(trainer, pl_module, f"train/loss = {loss.item()}"))
+        if self._every == 1:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    self._message(trainer, pl_module, f"train/loss = {value}", trainer.global_step))
+            return
+        self._pending.append((trainer.global_step, loss.detach()))
+        if len(self._pending) >= self._every:
+            self._check(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        self._check(trainer, pl_module)
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
-            raise NonFiniteLossError(self._message(trainer, pl_module, "the weights are not finite"))
+            raise NonFiniteLossError(
+                self._message(trainer, pl_module, "the weights are not finite", trainer.global_step))
+
+    def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Reads the kept losses (one sync); raises at the first non-finite one."""
+        if not self._pending:
+            return
+        steps, losses = zip(*self._pending)
+        self._pending = []
+        finite = torch.isfinite(torch.stack([loss.reshape(()) for loss in losses]))
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0])
+        raise NonFiniteLossError(
+            self._message(trainer, pl_module, f"train/loss = {losses[first].item()}", steps[first]))
 
     @staticmethod
-    def _message(trainer: Trainer, pl_module: LightningModule, what: str) -> str:
+    def _message(trainer: Trainer, pl_module: LightningModule, what: str, step: int) -> str:
         lrs = sorted({g["lr"] for opt in trainer.optimizers for g in opt.param_groups})
         settings = {k: v for k, v in pl_module.hparams.items() if k != "task" and not k.startswith("_")}
         return (
-            f"{what} at step {trainer.global_step}; stopped, no further checkpoint written. Likely cause: a "
+            f"{what} at step {step}; stopped, no further checkpoint written. Likely cause: a "
             f"learning rate too large for this model (optimizer lr={lrs}, model settings {settings}); lower "
             f"the optimizer's lr. The last checkpoint under {trainer.default_root_dir} is the last good state."
         )

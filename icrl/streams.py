@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
 # Lightning warns about any IterableDataset with a __len__, since workers could make it wrong; the
@@ -89,3 +89,18 @@ class FixedBatches(IterableDataset):
         for lo in range(self.begin, self.end, self.batch_size):
             hi = min(lo + self.batch_size, self.end)
             yield {**self.shared, **{k: v[lo:hi] for k, v in self.data.items()}}
+
+
+class StreamLoader(DataLoader):
+    """The training DataLoader over a ``BatchStream`` (``batch_size=None``).
+
+    Without workers (and without ``pin_memory``) it iterates the stream itself: the DataLoader's
+    own iterator would only wrap each batch in a profiler record and rebuild its dict
+    (``default_convert``), ~0.08 ms a batch on a CPU, a quarter of drawing a paper-size recall
+    batch, for the same tensors. With workers it is an ordinary DataLoader.
+    """
+
+    def __iter__(self):
+        if self.num_workers == 0 and not self.pin_memory:
+            return iter(self.dataset)
+        return super().__iter__()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from icrl.recall import RecallDataModule, RecallTask, entropy, sample_recall
-from icrl.recall.data import RecallStream, generator
+from icrl.recall.data import RecallStream
+from icrl.streams import generator
 
 
 def bigram_positions(tokens, trigger):

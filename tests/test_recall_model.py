@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as nnf
 
 from icrl.recall import RecallTask, RecallTransformer, sample_recall
-from icrl.recall.data import generator
+from icrl.streams import generator
 
 
 def dense_forward(model: RecallTransformer, tokens: torch.Tensor):

@@ -13,17 +13,12 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from icrl.recall.task import RecallTask
+from icrl.streams import BatchStream, FixedBatches, StreamLoader, generator
 
 TRAIN, VAL, OOD, FIXED, SHUFFLE = range(5)  # stream ids: no two streams share a generator seed
-
-
-def generator(*key: int) -> torch.Generator:
-    """A CPU generator seeded from an integer key, e.g. (seed, stream, rank, batch index)."""
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def uniform_ints(low: int, high: int, n: int, bits: np.random.BitGenerator) -> np.ndarray:
@@ -95,12 +90,8 @@ def sample_recall(task: RecallTask, batch_size: int, gen: torch.Generator, ood: 
     return {"tokens": torch.from_numpy(z), "target": torch.from_numpy(target), "output": torch.from_numpy(y)}
 
 
-class RecallStream(IterableDataset):
+class RecallStream(BatchStream):
     """Infinite stream of whole batches; batch ``i`` of rank ``r`` comes from generator (seed, r, i).
-
-    Worker ``w`` of ``W`` yields batches ``start + w, start + w + W, …``; the DataLoader takes them
-    round-robin, so the stream is the same for any number of workers, and a resumed run continues
-    at ``start`` (the number of batches already consumed).
 
     With ``fixed`` set, batches are drawn without replacement from that finite sample instead,
     reshuffled each epoch (one epoch = ``len(fixed) // batch_size`` batches, over all ranks).
@@ -108,8 +99,9 @@ class RecallStream(IterableDataset):
 
     def __init__(self, task: RecallTask, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  start: int = 0, fixed: dict[str, Tensor] | None = None):
+        super().__init__(start)
         self.task, self.batch_size, self.seed = task, batch_size, seed
-        self.rank, self.world_size, self.start, self.fixed = rank, world_size, start, fixed
+        self.rank, self.world_size, self.fixed = rank, world_size, fixed
 
     def batch(self, i: int) -> dict[str, Tensor]:
         if self.fixed is None:
@@ -120,37 +112,6 @@ class RecallStream(IterableDataset):
         perm = torch.randperm(len(self.fixed["target"]), generator=generator(self.seed, SHUFFLE, epoch))
         idx = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
         return {k: v[idx] for k, v in self.fixed.items()}
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        i = self.start + worker
-        while True:
-            yield self.batch(i)
-            i += n_workers
-
-
-class BatchDict(Dataset):
-    """The consecutive batches of a dict of equally long tensors (validation sets), as views.
-
-    Whole batches, not samples: a per-sample dataset would index and re-stack every prompt
-    (``default_collate``), most of the time of a validation.
-
-    >>> data = BatchDict({"x": torch.arange(5)}, batch_size=2)
-    >>> len(data), data[2]
-    (3, {'x': tensor([4])})
-    """
-
-    def __init__(self, data: dict[str, Tensor], batch_size: int):
-        self.data, self.batch_size = data, batch_size
-
-    def __len__(self) -> int:
-        return -(-len(next(iter(self.data.values()))) // self.batch_size)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return {k: v[i * self.batch_size:(i + 1) * self.batch_size] for k, v in self.data.items()}
 
 
 class RecallDataModule(LightningDataModule):
@@ -204,12 +165,14 @@ class RecallDataModule(LightningDataModule):
             alpha_hat = min(max(alpha_hat, 1e-6), 1 - 1e-6)  # γ = log(α̂/(1-α̂)) must stay finite
         return {**self.spec.as_dict(), "alpha_hat": alpha_hat}
 
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+    def _rank_and_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> StreamLoader:
+        rank, world = self._rank_and_world()
         stream = RecallStream(self.spec, self.batch_size, self.seed, rank, world, self.batches_consumed, self.fixed_sample)
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return StreamLoader(stream, batch_size=None, num_workers=self.num_workers,
+                            persistent_workers=self.num_workers > 0)
 
     def val_sets(self) -> list[dict[str, Tensor]]:
         if self._val is None:
@@ -218,7 +181,8 @@ class RecallDataModule(LightningDataModule):
         return self._val
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(BatchDict(s, self.val_batch_size), batch_size=None) for s in self.val_sets()]
+        rank, world = self._rank_and_world()  # each rank scores its own share of each set
+        return [DataLoader(FixedBatches(s, self.val_batch_size, rank, world), batch_size=None) for s in self.val_sets()]
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()

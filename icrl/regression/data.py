@@ -22,7 +22,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from icrl.streams import BatchStream, FixedBatches, generator
+from icrl.streams import BatchStream, FixedBatches, StreamLoader, generator
 
 # Stream ids: independent random streams derived from one seed.
 TABLE, TRAIN, POOL, VAL = range(4)
@@ -148,12 +148,12 @@ class TemplateRegressionDataModule(LightningDataModule):
             raise ValueError(f"n_val must be >= the number of processes = {world} (each validates a share), "
                              f"got n_val={self.hparams.n_val}")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StreamLoader:
         hp = self.hparams
         pool = None if hp.n_train is None else sample_labels(self.f, hp.n_train, hp.noise_var, generator(hp.seed, POOL))
         rank = self._rank_and_world()[0]
         stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_seen, pool)
-        return DataLoader(stream, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        return StreamLoader(stream, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``."""
