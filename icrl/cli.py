@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -75,6 +76,8 @@ def main() -> None:
     # A progress bar redrawn every step costs ~10% of a CPU recall step; every 10th step is plenty.
     # Lightning's TQDMProgressBar takes its refresh rate as at least TQDM_MINITERS (set it to 1 for every step).
     os.environ.setdefault("TQDM_MINITERS", "10")
+    # Lightning 2.6 under torch 2.13 warns about its own use of a torch API on every run; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         cli_main()
     except NonFiniteLossError as err:
