@@ -1,0 +1,43 @@
+"""The issues' acceptance runs at the configs' full sizes (minutes on a CPU): ``pytest -m slow``."""
+
+import math
+
+import pytest
+
+from conftest import ROOT
+
+FIG1 = ROOT / "configs" / "recall" / "fig1"
+pytestmark = pytest.mark.slow
+
+
+def end_metrics(cli):
+    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
+
+
+def test_fig1_reparam_linear_fa_noisy_reaches_ln2_in_and_out_of_distribution(run_cli):
+    m = end_metrics(run_cli("fit", "--config", str(FIG1 / "reparam-linear-fa.yaml"), "--data.alpha", "0.5"))
+    assert abs(m["val/loss"] - math.log(2)) < 0.01 and abs(m["val/ood_loss"] - math.log(2)) < 0.01
+    assert abs(m["val/p_noise_ood"] - 0.5) < 0.05
+
+
+def test_fig1_origin_linear_fa_fits_but_fails_on_unseen_outputs(run_cli):
+    m = end_metrics(run_cli("fit", "--config", str(FIG1 / "origin-linear-fa.yaml")))
+    assert m["val/loss"] < 0.01 and m["val/ood_loss"] > 1
+
+
+def test_fig1_fixed_u_softmax_floors_at_its_closed_form(run_cli):
+    m = end_metrics(run_cli("fit", "--config", str(FIG1 / "reparam-softmax-fa.yaml")))
+    assert m["val/loss"] == pytest.approx(math.log(1 + 59 / math.e), abs=0.01)
+
+
+@pytest.mark.parametrize("model", ["reparam-relu-fa", "reparam-linear-fa"])
+def test_finite_sample_reparam_generalizes_to_unseen_outputs(model, run_cli):
+    m = end_metrics(run_cli("fit", "--config", str(ROOT / "configs" / "recall" / "finite" / f"{model}.yaml")))
+    assert m["val/ood_loss"] < 0.01
+
+
+def test_fig2_one_layer_regression_ends_at_ridge(run_cli):
+    m = end_metrics(run_cli("fit", "--config", str(ROOT / "configs" / "regression" / "fig2-1layer.yaml")))
+    assert m["val/loss"] == pytest.approx(m["val/ridge_loss"], rel=0.1)
+    assert m["val/ridge_gap"] < 0.1 * m["val/ridge_loss"]
+    assert m["val/unseen_task_loss"] == pytest.approx(m["val/unseen_task_ridge_loss"], rel=0.1)
