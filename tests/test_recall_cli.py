@@ -44,6 +44,15 @@ def test_fit_logs_the_documented_scalars_to_tensorboard(run_cli, tmp_path):
     assert logged["val/loss"][-1] == pytest.approx(math.log(2) + math.log(1 + 0.5 * 58 * math.exp(-6)), abs=0.01)
     hparams = cli.model.hparams
     assert hparams["parameterization"] == "reparam" and hparams["task"]["alpha"] == 0.5
+    assert len(logged["train/loss"]) == 6  # written every log_every_n_steps = 10 steps, not every step
+
+    # `icrl test` of the checkpoint scores the same fixed sets under test/
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    tested = run_cli("test", "--config", str(FIG1 / "reparam-linear-fa.yaml"), "--data.alpha", "0.5",
+                     "--data.context_length", "32", "--data.n_val", "256", "--ckpt_path", ckpt)
+    for name in ["loss", "ood_loss", "bayes_gap", "p_noise_ood", "margin_attn"]:
+        assert tested.trainer.callback_metrics[f"test/{name}"].item() == pytest.approx(
+            cli.trainer.callback_metrics[f"val/{name}"].item(), abs=1e-6), name
 
 
 def test_trainable_U_removes_the_softmax_floor(run_cli):

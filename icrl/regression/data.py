@@ -144,7 +144,7 @@ class TemplateRegressionDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         world = self._rank_and_world()[1]
-        if stage in ("fit", "validate") and self.hparams.n_val < world:
+        if stage in ("fit", "validate", "test") and self.hparams.n_val < world:
             raise ValueError(f"n_val must be >= the number of processes = {world} (each validates a share), "
                              f"got n_val={self.hparams.n_val}")
 
@@ -165,6 +165,10 @@ class TemplateRegressionDataModule(LightningDataModule):
             batches = FixedBatches({"y": y}, hp.batch_size, rank, world, shared={"v": self.v, "f": self.f})
             loaders.append(DataLoader(batches, batch_size=None))
         return loaders
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """The validation sets (fixed by ``val_seed``): the paper's test prompts, for ``icrl test``."""
+        return self.val_dataloader()
 
     def state_dict(self) -> dict:
         # v and f travel with the checkpoint, so a resumed or tested model sees the same representations

@@ -5,7 +5,8 @@ paper's loss carries an extra 1/2, which only halves every gradient (a rescaled 
 references' losses use the same convention, so ``val/loss`` is read against ``val/ridge_loss``.
 
 Logged on each validation set, ``val/`` (in-distribution prompts) and ``val/unseen_task_``
-(``λ ~ N(1, 4I)``), all as mean squared errors (torchmetrics, summed across processes):
+(``λ ~ N(1, 4I)``), all as mean squared errors (torchmetrics, summed across processes); ``icrl test``
+logs the same under ``test/``:
 
 - ``loss``: model vs labels, all ``K`` tokens; ``unseen_example_loss``: the ``K − N`` unlabelled ones;
 - ``ridge_loss``, ``best_loss``: the references vs labels, the floor to compare ``loss`` with, and
@@ -34,7 +35,7 @@ from icrl.optim import check_optimizer
 from icrl.regression.models import OneLayerMultiHead, TransformerBaseline
 from icrl.regression.references import best_reference, ridge_reference
 
-VAL_PREFIXES = ("val/", "val/unseen_task_")  # dataloader_idx 0, 1
+SET_PREFIXES = ("", "unseen_task_")  # dataloader_idx 0, 1: in-distribution prompts, unseen tasks
 VAL_METRICS = (
     "loss", "unseen_example_loss", "ridge_loss", "unseen_example_ridge_loss", "best_loss", "ridge_gap", "best_gap", "ridge_best_gap"
 )
@@ -59,7 +60,7 @@ class TemplateRegressionModule(LightningModule):
             raise ValueError(f"gamma must be finite and > 0 (η_w = γ² η_Q), got gamma={gamma}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = check_optimizer(optimizer or partial(torch.optim.Adam, lr=1e-4))  # a bad lr fails here, not at step 0
-        self.val_metrics = nn.ModuleList(nn.ModuleDict({name: MeanSquaredError() for name in VAL_METRICS}) for _ in VAL_PREFIXES)
+        self.val_metrics = nn.ModuleList(nn.ModuleDict({name: MeanSquaredError() for name in VAL_METRICS}) for _ in SET_PREFIXES)
 
     def forward(self, v: Tensor, y_prompt: Tensor) -> Tensor:
         """Predictions ``(B, K)`` for all tokens from the tokens ``v`` and the prompt labels ``(B, N)``."""
@@ -72,7 +73,7 @@ class TemplateRegressionModule(LightningModule):
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def _eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
         n, tau = self.hparams.task["n_labelled"], self.hparams.task["noise_var"]
         f, y = batch["f"], batch["y"]  # (K, m), (B, K)
         y_hat = self(batch["v"], y[:, :n])  # (B, K)
@@ -87,10 +88,16 @@ class TemplateRegressionModule(LightningModule):
             best_gap=(y_hat, best),
             ridge_best_gap=(ridge, best),
         )
-        metrics, prefix = self.val_metrics[dataloader_idx], VAL_PREFIXES[dataloader_idx]
+        metrics, prefix = self.val_metrics[dataloader_idx], f"{stage}/{SET_PREFIXES[dataloader_idx]}"
         for name, (pred, target) in pairs.items():
             metrics[name].update(pred.flatten(), target.flatten())  # MSE views its inputs flat; token slices are strided
         self.log_dict({prefix + name: metrics[name] for name in VAL_METRICS}, add_dataloader_idx=False)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         readout = list(self.net.readout_parameters())
