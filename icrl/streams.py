@@ -33,6 +33,17 @@ def generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def rank_and_world(trainer) -> tuple[int, int]:
+    """This process's rank and the number of processes; ``(0, 1)`` without a trainer."""
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+def check_shares(n_val: int, world: int) -> None:
+    """Every process validates a share of each fixed set, so it needs at least one example per process."""
+    if n_val < world:
+        raise ValueError(f"n_val must be >= the number of processes = {world} (each validates a share), got n_val={n_val}")
+
+
 class BatchStream(IterableDataset):
     """Endless stream of whole batches ``batch(start), batch(start + 1), …``; subclasses define ``batch``.
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from icrl.recall.task import RecallTask
-from icrl.streams import BatchStream, FixedBatches, StreamLoader, generator
+from icrl.streams import BatchStream, FixedBatches, StreamLoader, check_shares, generator, rank_and_world
 
 TRAIN, VAL, OOD, FIXED, SHUFFLE = range(5)  # stream ids: no two streams share a generator seed
 
@@ -128,7 +128,8 @@ class RecallDataModule(LightningDataModule):
         val_batch_size: batch size for validation.
         num_workers: DataLoader workers; sampling is cheap, so 0 is usually fastest.
 
-    Validation dataloaders: ``[in-distribution, OOD]``.
+    Validation (and test) dataloaders: ``[in-distribution, OOD]``; under DDP each process scores its
+    own contiguous share of each set, so the metrics are those of one process.
     """
 
     def __init__(self, vocab_size: int = 60, n_triggers: int = 5, n_outputs: int = 4, context_length: int = 256,
@@ -165,11 +166,11 @@ class RecallDataModule(LightningDataModule):
             alpha_hat = min(max(alpha_hat, 1e-6), 1 - 1e-6)  # γ = log(α̂/(1-α̂)) must stay finite
         return {**self.spec.as_dict(), "alpha_hat": alpha_hat}
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+    def setup(self, stage: str) -> None:
+        check_shares(self.n_val, rank_and_world(self.trainer)[1])
 
     def train_dataloader(self) -> StreamLoader:
-        rank, world = self._rank_and_world()
+        rank, world = rank_and_world(self.trainer)
         stream = RecallStream(self.spec, self.batch_size, self.seed, rank, world, self.batches_consumed, self.fixed_sample)
         return StreamLoader(stream, batch_size=None, num_workers=self.num_workers,
                             persistent_workers=self.num_workers > 0)
@@ -181,7 +182,7 @@ class RecallDataModule(LightningDataModule):
         return self._val
 
     def val_dataloader(self) -> list[DataLoader]:
-        rank, world = self._rank_and_world()  # each rank scores its own share of each set
+        rank, world = rank_and_world(self.trainer)  # each rank scores its own share of each set
         return [DataLoader(FixedBatches(s, self.val_batch_size, rank, world), batch_size=None) for s in self.val_sets()]
 
     def test_dataloader(self) -> list[DataLoader]:

@@ -22,7 +22,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from icrl.streams import BatchStream, FixedBatches, StreamLoader, generator
+from icrl.streams import BatchStream, FixedBatches, StreamLoader, check_shares, generator, rank_and_world
 
 # Stream ids: independent random streams derived from one seed.
 TABLE, TRAIN, POOL, VAL = range(4)
@@ -139,26 +139,20 @@ class TemplateRegressionDataModule(LightningDataModule):
         """Sizes and noise level the model is built for (linked into its ``task`` argument)."""
         return {name: self.hparams[name] for name in ("n_tokens", "n_labelled", "token_dim", "n_basis", "noise_var")}
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-
     def setup(self, stage: str) -> None:
-        world = self._rank_and_world()[1]
-        if stage in ("fit", "validate", "test") and self.hparams.n_val < world:
-            raise ValueError(f"n_val must be >= the number of processes = {world} (each validates a share), "
-                             f"got n_val={self.hparams.n_val}")
+        check_shares(self.hparams.n_val, rank_and_world(self.trainer)[1])
 
     def train_dataloader(self) -> StreamLoader:
         hp = self.hparams
         pool = None if hp.n_train is None else sample_labels(self.f, hp.n_train, hp.noise_var, generator(hp.seed, POOL))
-        rank = self._rank_and_world()[0]
+        rank = rank_and_world(self.trainer)[0]
         stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_seen, pool)
         return StreamLoader(stream, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``."""
         hp = self.hparams
-        rank, world = self._rank_and_world()
+        rank, world = rank_and_world(self.trainer)
         loaders = []
         for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)]):
             y = sample_labels(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, VAL, i), mean, var)  # (n_val, K)
