@@ -46,9 +46,9 @@ class NonFiniteGuard(Callback):
             return
         if self._every == 1:
             value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    self._message(trainer, pl_module, f"train/loss = {value}", trainer.global_step))
+            if not self._all_ranks(trainer, math.isfinite(value)):
+                what = f"train/loss = {value}" if not math.isfinite(value) else "a non-finite train/loss on another process"
+                raise NonFiniteLossError(self._message(trainer, pl_module, what, trainer.global_step))
             return
         self._pending.append((trainer.global_step, loss.detach()))
         if len(self._pending) >= self._every:
@@ -70,11 +70,19 @@ class NonFiniteGuard(Callback):
         steps, losses = zip(*self._pending)
         self._pending = []
         finite = torch.isfinite(torch.stack([loss.reshape(()) for loss in losses]))
-        if bool(finite.all()):
+        if self._all_ranks(trainer, bool(finite.all())):
             return
+        if bool(finite.all()):
+            raise NonFiniteLossError(self._message(
+                trainer, pl_module, "a non-finite train/loss on another process", steps[-1]))
         first = int((~finite).nonzero()[0])
         raise NonFiniteLossError(
             self._message(trainer, pl_module, f"train/loss = {losses[first].item()}", steps[first]))
+
+    @staticmethod
+    def _all_ranks(trainer: Trainer, finite: bool) -> bool:
+        """Under DDP every process must stop together, or the others wait forever in the next all-reduce."""
+        return trainer.strategy.reduce_boolean_decision(finite, all=True) if trainer.world_size > 1 else finite
 
     @staticmethod
     def _message(trainer: Trainer, pl_module: LightningModule, what: str, step: int) -> str:

@@ -33,6 +33,19 @@ def generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def check_seeds(**seeds: int) -> None:
+    """Seeds key numpy's ``SeedSequence``, which takes non-negative integers only.
+
+    >>> check_seeds(seed=0, val_seed=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: val_seed must be an integer >= 0, got val_seed=-1
+    """
+    for name, value in seeds.items():
+        if value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {name}={value}")
+
+
 def rank_and_world(trainer) -> tuple[int, int]:
     """This process's rank and the number of processes; ``(0, 1)`` without a trainer."""
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)

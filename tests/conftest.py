@@ -70,3 +70,8 @@ def ddp_fit(icrl_cmd, tmp_path):
         return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)], next(out.rglob("*.ckpt"))
 
     return run
+
+
+def end_metrics(cli) -> dict[str, float]:
+    """The run's last logged metrics (``callback_metrics``) as floats."""
+    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}

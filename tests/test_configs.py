@@ -10,6 +10,8 @@ def test_there_are_configs_for_both_families():
     for model in ["reparam-linear-fa", "reparam-softmax-fa", "reparam-linear-w-fa", "origin-linear-fa",
                   "origin-softmax-f"]:
         assert f"recall/fig1/{model}.yaml" in names
+    for figure in ["fig2-1layer", "fig2-4layer", "fig3-gap-vs-n", "fig4-heads", "fig5-4layer-heads"]:
+        assert f"regression/{figure}.yaml" in names
 
 
 # One paper-size step of the 4-layer baseline takes ~15 s on 2 cores; its configs run at a small batch.

@@ -41,3 +41,10 @@ def test_fit_logs_attention_and_logit_images(run_cli):
 def test_every_n_is_validated():
     with pytest.raises(ValueError, match="every_n"):
         RecallImages(every_n=0)
+
+
+def test_a_prompt_beyond_the_first_validation_batch_is_refused(run_cli):
+    with pytest.raises(ValueError, match=r"prompt must be < 64, .*got prompt=64"):
+        run_cli("fit", "--config", str(ROOT / "configs/recall/fig1/reparam-linear-fa.yaml"), "--data.n_val", "64",
+                "--trainer.max_steps", "2", "--trainer.callbacks+=icrl.recall.images.RecallImages",
+                "--trainer.callbacks.prompt=64")

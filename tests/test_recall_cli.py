@@ -19,11 +19,11 @@ def scalars(log_dir):
 
 
 def test_alpha_is_linked_from_data_into_the_model(run_cli):
-    cli = run_cli("fit", "--config", str(FIG1 / "reparam-linear-fa.yaml"), "--data.alpha", "0.5",
+    cli = run_cli("fit", "--config", str(FIG1 / "reparam-linear-fa.yaml"), "--data.alpha", "0.2",
                   "--trainer.fast_dev_run", "true")
     model = cli.model.model
-    assert cli.model.task.alpha == 0.5 and model.task.noisy
-    assert model.param.F()[59, 0].item() == pytest.approx(0.0)  # γ = log(0.5/0.5)
+    assert cli.model.task.alpha == 0.2 and model.task.noisy
+    assert model.param.F()[59, 0].item() == pytest.approx(math.log(0.2 / 0.8))  # F = E(τ)(γ E(0) + Ẽ(0))ᵀ
     assert model.param.F()[59, 60].item() == 1.0
 
 

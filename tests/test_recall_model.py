@@ -27,7 +27,8 @@ def dense_forward(model: RecallTransformer, tokens: torch.Tensor):
     return xi_A + xi_F, xi_A, xi_F
 
 
-# every combination; the noisy Reparam without feed-forward is refused by design (test_recall_errors)
+# every combination; the noisy Reparam without feed-forward is refused by design (the "inexpressible feed-forward" case of
+# tests/test_reliability_recall.py)
 COMBOS = [c for c in itertools.product(["linear", "relu", "softmax"], ["origin", "reparam", "reparam_w"],
                                        ["none", "F", "FA"], [False, True], [0.0, 0.3])
           if not (c[4] > 0 and c[1] != "origin" and c[2] == "none")]

@@ -2,14 +2,11 @@
 
 import math
 
-from conftest import ROOT
+from conftest import ROOT, end_metrics
 
 FIG1 = ROOT / "configs" / "recall" / "fig1"
 SMALL = ["--data.context_length", "64", "--data.batch_size", "256", "--data.n_val", "1024"]
 
-
-def end_metrics(cli):
-    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
 
 
 def test_reparam_linear_fa_reaches_the_bayes_risk_noiseless_and_noisy(run_cli):

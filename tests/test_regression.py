@@ -148,7 +148,7 @@ def test_checkpoint_keeps_tables_and_resumes_the_stream(tmp_path):
     trainer = Trainer(max_steps=3, limit_val_batches=0, logger=False, callbacks=[ckpt], enable_progress_bar=False)
     trainer.fit(model, dm)
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert state["TemplateRegressionDataModule"]["batches_seen"] == 3
+    assert state["TemplateRegressionDataModule"]["batches_consumed"] == 3
     OneLayerRegression.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
 
     other = TemplateRegressionDataModule(**{**SMALL, "seed": 1})  # resumed with another seed: the tables come back

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, end_metrics
 from icrl.callbacks import NonFiniteLossError
 from icrl.recall import RecallModule, RecallTask, sample_recall
 from icrl.streams import generator
@@ -34,6 +34,9 @@ BAD = {
     "lr < 0 (torch optimizer)": (["--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "-0.5"],
                                  "optimizer: the learning rate must be > 0, got lr=-0.5"),
     "batch size 0": (["--data.batch_size", "0"], "batch_size must be >= 1"),
+    "negative seed": (["--data.seed", "-1"], "seed must be an integer >= 0, got seed=-1"),
+    "finite sample without noise targets": (["--data.alpha", "0.0001", "--data.n_samples", "512"],
+                                            "the finite sample (n_samples=512, seed=0) has no noise targets"),
 }
 
 
@@ -75,21 +78,24 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(guard,
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
 
 
-def test_non_finite_loss_exits_with_status_1_from_the_command_line(icrl_cmd, tmp_path):
+DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+
+
+@pytest.mark.parametrize("processes", [[], DDP], ids=["one process", "two DDP processes"])
+def test_non_finite_loss_exits_with_status_1_from_the_command_line(processes, icrl_cmd, tmp_path):
+    # under DDP both processes stop at the same step (none is left waiting in an all-reduce)
     proc = subprocess.run([*icrl_cmd, "fit", "--config", ORIGIN, *SMALL, "--model.optimizer", "torch.optim.SGD",
-                           "--model.optimizer.lr", "1e20", "--trainer.max_steps", "50",
+                           "--model.optimizer.lr", "1e20", "--trainer.max_steps", "50", *processes,
                            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "icrl: error: train/loss = nan at step" in proc.stderr
+    assert proc.returncode == 1 and "icrl: error: train/loss = nan at step 3" in proc.stderr
 
-
-def end_metrics(cli):
-    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
 
 
 @pytest.mark.parametrize("config", [ORIGIN, CFG])
 def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli, tmp_path):
-    common = ["--config", config, *SMALL, "--data.alpha", "0.5", "--trainer.val_check_interval", "10"]
+    # α = 0.2, not 0.5: at 0.5 Reparam's loss is the same for every prompt, so no metric would see the stream
+    common = ["--config", config, *SMALL, "--data.alpha", "0.2", "--trainer.val_check_interval", "10"]
     full = end_metrics(run_cli("fit", *common, "--trainer.max_steps", "20"))
     half = run_cli("fit", *common, "--trainer.max_steps", "10")
     ckpt = half.trainer.checkpoint_callback.best_model_path
@@ -97,9 +103,13 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli
     assert full.keys() == resumed.keys()
     for key in full:
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
-    # and the run without the restored stream would differ (the check can fail)
+    # negative control: resumed with the stream restarted at batch 0, the run differs (so the check can fail)
     state = torch.load(ckpt, weights_only=True)
     assert state["RecallDataModule"]["batches_consumed"] == 10
+    state["RecallDataModule"]["batches_consumed"] = 0
+    torch.save(state, restarted := tmp_path / "restarted.ckpt")
+    other = end_metrics(run_cli("fit", *common, "--trainer.max_steps", "20", "--ckpt_path", str(restarted)))
+    assert any(other[key] != pytest.approx(full[key], abs=1e-6) for key in full)
 
 
 def test_same_seed_same_metrics_and_different_seed_different_stream(run_cli):
@@ -130,7 +140,6 @@ def test_two_process_ddp_run(ddp_fit, run_cli):
     model = RecallModule.load_from_checkpoint(ckpt, weights_only=True)
     assert model.task.alpha == 0.5
     single = run_cli("validate", "--config", ORIGIN, *SMALL, "--data.alpha", "0.5", "--ckpt_path", str(ckpt))
-    assert single.datamodule.val_batch_size == 1024  # one process, one batch: the batching does not matter
     for key, value in ranks[0]["metrics"].items():
         assert single.trainer.callback_metrics[key].item() == pytest.approx(value, abs=1e-6), key
 
@@ -165,3 +174,21 @@ def test_sampler_invariants_for_random_sizes(vocab, n_triggers, n_outputs, conte
         assert (pos[:, 1] - pos[:, 0] >= 2).all()  # no overlap
     else:
         assert (z[:, :-1] != task.noise_token).all()
+
+
+def test_guard_stops_every_process_when_another_one_saw_a_non_finite_loss():
+    # a finite loss here, but the all-reduced decision of the DDP processes says some process saw NaN
+    from types import SimpleNamespace
+
+    from icrl.callbacks import NonFiniteGuard
+
+    decisions = []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda ok, all: decisions.append(ok) or False)
+    trainer = SimpleNamespace(world_size=2, strategy=strategy, global_step=7, optimizers=[], default_root_dir=".",
+                              log_every_n_steps=10)
+    module = SimpleNamespace(hparams={}, device=torch.device("cpu"))
+    guard = NonFiniteGuard()
+    guard.on_train_start(trainer, module)
+    with pytest.raises(NonFiniteLossError, match="a non-finite train/loss on another process at step 7"):
+        guard.on_train_batch_end(trainer, module, torch.tensor(0.5), None, 0)
+    assert decisions == [True]

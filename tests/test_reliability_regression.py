@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, end_metrics
 from icrl.regression import OneLayerRegression, TemplateRegressionDataModule, TransformerRegression
 
 CFG = str(ROOT / "configs" / "regression" / "fig2-1layer.yaml")
@@ -38,6 +38,7 @@ BAD = {
     "n_tokens = 0": (["--data.n_tokens", "0"], "n_tokens must be >= 1, got n_tokens=0"),
     "batch_size = 0": (["--data.batch_size", "0"], "batch_size must be >= 1, got batch_size=0"),
     "n_val = 0": (["--data.n_val", "0"], "n_val must be >= 1, got n_val=0"),
+    "negative val_seed": (["--data.val_seed", "-3"], "val_seed must be an integer >= 0, got val_seed=-3"),
     "n_train < batch_size": (["--data.n_train", "10"],
                              "n_train must be None (endless stream) or >= batch_size = 256, got n_train=10"),
     "num_workers < 0": (["--data.num_workers", "-1"], "num_workers must be >= 0, got num_workers=-1"),
@@ -76,9 +77,6 @@ def test_bad_setting_exits_2_from_the_command_line(case, icrl_cmd, tmp_path):
     assert_nothing_ran(tmp_path)
 
 
-def end_metrics(cli):
-    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
-
 
 @pytest.mark.parametrize("config", [ONE_LAYER, DEEP_SMALL], ids=["one-layer", "transformer"])
 def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli, tmp_path):
@@ -98,7 +96,7 @@ def test_checkpoint_holds_the_tables_and_the_stream_position(run_cli, tmp_path):
     cli = run_cli("fit", "--config", *ONE_LAYER, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3")
     ckpt = cli.trainer.checkpoint_callback.best_model_path
     state = torch.load(ckpt, weights_only=True)["TemplateRegressionDataModule"]
-    assert state["batches_seen"] == 3
+    assert state["batches_consumed"] == 3
     torch.testing.assert_close(state["v"], cli.datamodule.v, rtol=0, atol=0)
     torch.testing.assert_close(state["f"], cli.datamodule.f, rtol=0, atol=0)
     assert state["v"].shape == (12, 6) and state["f"].shape == (12, 3)
@@ -107,7 +105,7 @@ def test_checkpoint_holds_the_tables_and_the_stream_position(run_cli, tmp_path):
     other = TemplateRegressionDataModule(n_tokens=12, n_labelled=4, token_dim=6, n_basis=3, seed=1)
     assert not torch.equal(other.f, state["f"])
     other.load_state_dict(state)
-    assert torch.equal(other.v, state["v"]) and torch.equal(other.f, state["f"]) and other.batches_seen == 3
+    assert torch.equal(other.v, state["v"]) and torch.equal(other.f, state["f"]) and other.batches_consumed == 3
 
     # so validating the checkpoint with another data seed scores the very same validation sets
     trained = {k: v for k, v in end_metrics(cli).items() if k.startswith("val/")}

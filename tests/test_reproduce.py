@@ -82,6 +82,19 @@ def test_unknown_experiment_is_a_usage_error(tmp_path, capsys):
     assert exit_info.value.code == 2 and "recall-fig1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--fit-args", "regression/fig2-4layer:--data.batch_size 16"],
+     "--fit-args pattern 'regression/fig2-4layer' matches none of the configs"),
+    (["--seeds", "0", "0"], "--seeds must be distinct, got [0, 0]"),
+    (["--configs", "no-such-dir"], "--configs no-such-dir is not a directory"),
+], ids=["pattern matching no config", "repeated seed", "missing configs directory"])
+def test_bad_arguments_are_refused_before_any_run(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["regression-fig2", *args, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 # --- the results table, on hand-made numbers --------------------------------------------------
 
 def seeds(metric_values: dict[str, list[float]]) -> dict[int, dict]:

@@ -4,14 +4,11 @@ import math
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, end_metrics
 
 FIG1 = ROOT / "configs" / "recall" / "fig1"
 pytestmark = pytest.mark.slow
 
-
-def end_metrics(cli):
-    return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
 
 
 def test_fig1_reparam_linear_fa_noisy_reaches_ln2_in_and_out_of_distribution(run_cli):

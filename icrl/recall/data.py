@@ -16,7 +16,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from icrl.recall.task import RecallTask
-from icrl.streams import BatchStream, FixedBatches, StreamLoader, check_shares, generator, rank_and_world
+from icrl.streams import (BatchStream, FixedBatches, StreamLoader, check_seeds, check_shares, generator,
+                          rank_and_world)
 
 TRAIN, VAL, OOD, FIXED, SHUFFLE = range(5)  # stream ids: no two streams share a generator seed
 
@@ -143,6 +144,7 @@ class RecallDataModule(LightningDataModule):
             raise ValueError(f"n_samples must be None (population) or >= batch_size={batch_size}, got n_samples={n_samples}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
+        check_seeds(seed=seed, val_seed=val_seed)
         self.spec = RecallTask(vocab_size, n_triggers, n_outputs, context_length, alpha)
         self.batch_size, self.n_samples, self.seed = batch_size, n_samples, seed
         self.n_val, self.val_seed, self.val_batch_size, self.num_workers = n_val, val_seed, val_batch_size, num_workers
@@ -163,7 +165,11 @@ class RecallDataModule(LightningDataModule):
         alpha_hat = self.spec.alpha
         if self.fixed_sample is not None and self.spec.noisy:
             alpha_hat = (self.fixed_sample["target"] == self.spec.noise_token).double().mean().item()
-            alpha_hat = min(max(alpha_hat, 1e-6), 1 - 1e-6)  # γ = log(α̂/(1-α̂)) must stay finite
+            if not 0 < alpha_hat < 1:  # γ = log(α̂/(1-α̂)) must be finite
+                raise ValueError(
+                    f"the finite sample (n_samples={self.n_samples}, seed={self.seed}) has "
+                    f"{'no' if alpha_hat == 0 else 'only'} noise targets at alpha={self.spec.alpha}, so its empirical "
+                    f"α̂ = {alpha_hat} gives an infinite γ: use a larger n_samples or an alpha further from 0")
         return {**self.spec.as_dict(), "alpha_hat": alpha_hat}
 
     def setup(self, stage: str) -> None:

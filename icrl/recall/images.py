@@ -109,6 +109,14 @@ class RecallImages(Callback):
         self._batch: dict | None = None
         self._count = 0
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        data = trainer.datamodule
+        if hasattr(data, "val_batch_size") and hasattr(data, "n_val"):  # rank 0's first batch (a ceil share)
+            size = min(data.val_batch_size, -(-data.n_val // trainer.world_size))
+            if self.prompt >= size:
+                raise ValueError(f"RecallImages: prompt must be < {size}, the size of rank 0's first validation batch "
+                                 f"(val_batch_size={data.val_batch_size}, n_val={data.n_val}), got prompt={self.prompt}")
+
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._batch = None
 
@@ -127,7 +135,7 @@ class RecallImages(Callback):
         self._count += 1
         if (self._count - 1) % self.every_n:
             return
-        b, i, step = self._batch, min(self.prompt, len(self._batch["tokens"]) - 1), trainer.global_step
+        b, i, step = self._batch, self.prompt, trainer.global_step
         figures = {
             "recall/attention": attention_figure(pl_module.task, b["tokens"][i], b["attention"][i], f"step {step}: "),
             "recall/logits": logits_figure(pl_module.task, b["logits_attn"], b["logits_ff"], b["output"], i,

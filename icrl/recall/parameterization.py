@@ -91,6 +91,16 @@ class Reparam(Parameterization, name="reparam"):
     def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA"):
         super().__init__(task, d_model, feedforward)
         N, q, tau = task.vocab_size, 0, task.noise_token
+        self.init_W(task, d_model)
+        F = torch.zeros(d_model, d_model)
+        if task.noisy:
+            a = task.alpha_hat
+            F[tau, q], F[tau, N + q] = math.log(a / (1 - a)), 1.0  # F = E(τ)(γE(q) + Ẽ(q))ᵀ
+        self.register_buffer("F_fixed", F, persistent=False)
+
+    def init_W(self, task: RecallTask, d_model: int) -> None:
+        """The trainable part of ``W``: λ (or Λ) and the fixed pattern it scales."""
+        N, q, tau = task.vocab_size, 0, task.noise_token
         if task.noisy:
             self.lam = nn.Parameter(torch.zeros(1))  # Λ
             # W = Λ E(q)(Ẽ(q) − E(τ))ᵀ: row q, +1 at column N+q, −1 at column τ
@@ -102,11 +112,6 @@ class Reparam(Parameterization, name="reparam"):
             k = torch.arange(task.n_triggers)
             self.register_buffer("W_rows", k, persistent=False)
             self.register_buffer("W_cols", N + k, persistent=False)
-        F = torch.zeros(d_model, d_model)
-        if task.noisy:
-            a = task.alpha_hat
-            F[tau, q], F[tau, N + q] = math.log(a / (1 - a)), 1.0  # F = E(τ)(γE(q) + Ẽ(q))ᵀ
-        self.register_buffer("F_fixed", F, persistent=False)
 
     def W(self) -> Tensor:
         if self.task.noisy:
@@ -120,9 +125,7 @@ class Reparam(Parameterization, name="reparam"):
 class ReparamW(Reparam, name="reparam_w"):
     """As ``reparam`` with a full free ``W`` (zero init)."""
 
-    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA"):
-        super().__init__(task, d_model, feedforward)
-        del self.lam
+    def init_W(self, task: RecallTask, d_model: int) -> None:
         self.W_ = nn.Parameter(torch.zeros(d_model, d_model))
 
     def W(self) -> Tensor:

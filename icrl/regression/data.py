@@ -22,7 +22,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from icrl.streams import BatchStream, FixedBatches, StreamLoader, check_shares, generator, rank_and_world
+from icrl.streams import (BatchStream, FixedBatches, StreamLoader, check_seeds, check_shares, generator,
+                          rank_and_world)
 
 # Stream ids: independent random streams derived from one seed.
 TABLE, TRAIN, POOL, VAL = range(4)
@@ -128,11 +129,12 @@ class TemplateRegressionDataModule(LightningDataModule):
             raise ValueError(f"n_train must be None (endless stream) or >= batch_size = {batch_size}, got n_train={n_train}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
+        check_seeds(seed=seed, val_seed=val_seed)
         self.save_hyperparameters()
         gen = generator(seed, TABLE)
         self.v = torch.randn(n_tokens, token_dim, generator=gen)  # (K, d)
         self.f = torch.randn(n_tokens, n_basis, generator=gen)  # (K, m)
-        self.batches_seen = 0  # training batches consumed, restored on resume
+        self.batches_consumed = 0  # training batches consumed, restored on resume
 
     @property
     def task(self) -> dict:
@@ -146,7 +148,7 @@ class TemplateRegressionDataModule(LightningDataModule):
         hp = self.hparams
         pool = None if hp.n_train is None else sample_labels(self.f, hp.n_train, hp.noise_var, generator(hp.seed, POOL))
         rank = rank_and_world(self.trainer)[0]
-        stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_seen, pool)
+        stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_consumed, pool)
         return StreamLoader(stream, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -167,8 +169,8 @@ class TemplateRegressionDataModule(LightningDataModule):
     def state_dict(self) -> dict:
         # v and f travel with the checkpoint, so a resumed or tested model sees the same representations
         trainer = self.trainer
-        batches = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else self.batches_seen
-        return {"v": self.v, "f": self.f, "batches_seen": batches}
+        batches = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else self.batches_consumed
+        return {"v": self.v, "f": self.f, "batches_consumed": batches}
 
     def load_state_dict(self, state_dict: dict) -> None:
         v, f = state_dict["v"], state_dict["f"]
@@ -179,4 +181,4 @@ class TemplateRegressionDataModule(LightningDataModule):
                 f"(n_tokens, token_dim, n_basis) expects v={tuple(expected['v'])}, f={tuple(expected['f'])}: "
                 "resume with the sizes the checkpoint was trained with"
             )
-        self.v, self.f, self.batches_seen = v, f, int(state_dict["batches_seen"])
+        self.v, self.f, self.batches_consumed = v, f, int(state_dict["batches_consumed"])

@@ -13,6 +13,7 @@ runs' TensorBoard logs stay under ``--out/runs/`` (or ``--runs-dir``).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import shlex
 import sys
 import time
@@ -42,9 +43,18 @@ def reproduce(names: list[str], out: Path, quick: bool = False, seeds: tuple[int
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {list(registry)} (icrl-reproduce --list)")
     exps = [registry[n] for n in names]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct, got {list(seeds)}")
+    if configs is not None and not configs.is_dir():
+        raise ValueError(f"--configs {configs} is not a directory")
+    scoped = [parse_fit_args(a) for a in fit_args]
+    run_configs = sorted({run.config for exp in exps for run in exp.runs})
+    for pattern, _ in scoped:  # a pattern that matches nothing would silently run the configs at full size
+        if not any(fnmatch.fnmatch(config, pattern) for config in run_configs):
+            raise ValueError(f"--fit-args pattern {pattern!r} matches none of the configs of these experiments: "
+                             f"{run_configs}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    scoped = [parse_fit_args(a) for a in fit_args]
     if images:
         scoped.append(("recall/*", ["--trainer.callbacks+=icrl.recall.images.RecallImages"]))
     jobs_of = plan(exps, list(seeds), runs_dir or out / "runs", quick, steps, configs, scoped)
