@@ -25,7 +25,8 @@ class NonFiniteGuard(Callback):
       a read per step would stall the pipeline (the logger syncs on those steps anyway).
 
     A checkpoint is written only after all losses before it were read finite, and only of finite
-    weights, so the last checkpoint of a stopped run is its last good state.
+    weights, so the last checkpoint of a stopped run is its last good state. Under DDP each read
+    also combines the processes' verdicts (one small all-reduce), so all of them stop together.
     """
 
     def __init__(self, check_every_n_steps: int | None = None):
