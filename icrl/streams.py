@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import torch
 from torch import Tensor
+from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
@@ -128,3 +129,32 @@ class StreamLoader(DataLoader):
         if self.num_workers == 0 and not self.pin_memory:
             return iter(self.dataset)
         return super().__iter__()
+
+
+class StreamDataModule(LightningDataModule):
+    """A data module whose training stream continues where a resumed run stopped.
+
+    ``batches_consumed`` (optimizer steps × gradient accumulation) travels in the checkpoint; a
+    subclass passes it as the ``start`` of its ``BatchStream`` and builds its loader with
+    ``stream_loader``. ``num_workers`` DataLoader workers draw the training batches (0: the main
+    process; the stream is the same either way).
+    """
+
+    def __init__(self, num_workers: int = 0):
+        super().__init__()
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
+        self.num_workers = num_workers
+        self.batches_consumed = 0
+
+    def stream_loader(self, stream: BatchStream) -> StreamLoader:
+        return StreamLoader(stream, batch_size=None, num_workers=self.num_workers,
+                            persistent_workers=self.num_workers > 0)
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        consumed = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else self.batches_consumed
+        return {"batches_consumed": consumed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.batches_consumed = int(state_dict["batches_consumed"])

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from icrl.recall.task import RecallTask
-from icrl.streams import (BatchStream, FixedBatches, StreamLoader, check_seeds, check_shares, generator,
-                          rank_and_world)
+from icrl.streams import (BatchStream, FixedBatches, StreamDataModule, StreamLoader, check_seeds, check_shares,
+                          generator, rank_and_world)
 
 TRAIN, VAL, OOD, FIXED, SHUFFLE = range(5)  # stream ids: no two streams share a generator seed
 
@@ -115,7 +114,7 @@ class RecallStream(BatchStream):
         return {k: v[idx] for k, v in self.fixed.items()}
 
 
-class RecallDataModule(LightningDataModule):
+class RecallDataModule(StreamDataModule):
     """Streams recall prompts; validates in distribution and on unseen outputs (OOD).
 
     Args:
@@ -136,19 +135,16 @@ class RecallDataModule(LightningDataModule):
     def __init__(self, vocab_size: int = 60, n_triggers: int = 5, n_outputs: int = 4, context_length: int = 256,
                  alpha: float = 0.0, batch_size: int = 512, n_samples: int | None = None, seed: int = 0,
                  n_val: int = 2048, val_seed: int = 12345, val_batch_size: int = 1024, num_workers: int = 0):
-        super().__init__()
+        super().__init__(num_workers)
         for name, value in dict(batch_size=batch_size, n_val=n_val, val_batch_size=val_batch_size).items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {name}={value}")
         if n_samples is not None and n_samples < batch_size:
             raise ValueError(f"n_samples must be None (population) or >= batch_size={batch_size}, got n_samples={n_samples}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
         check_seeds(seed=seed, val_seed=val_seed)
         self.spec = RecallTask(vocab_size, n_triggers, n_outputs, context_length, alpha)
         self.batch_size, self.n_samples, self.seed = batch_size, n_samples, seed
-        self.n_val, self.val_seed, self.val_batch_size, self.num_workers = n_val, val_seed, val_batch_size, num_workers
-        self.batches_consumed = 0
+        self.n_val, self.val_seed, self.val_batch_size = n_val, val_seed, val_batch_size
         self._fixed = None
         self._val = None
 
@@ -178,8 +174,7 @@ class RecallDataModule(LightningDataModule):
     def train_dataloader(self) -> StreamLoader:
         rank, world = rank_and_world(self.trainer)
         stream = RecallStream(self.spec, self.batch_size, self.seed, rank, world, self.batches_consumed, self.fixed_sample)
-        return StreamLoader(stream, batch_size=None, num_workers=self.num_workers,
-                            persistent_workers=self.num_workers > 0)
+        return self.stream_loader(stream)
 
     def val_sets(self) -> list[dict[str, Tensor]]:
         if self._val is None:
@@ -193,11 +188,3 @@ class RecallDataModule(LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
-
-    def state_dict(self) -> dict:
-        trainer = self.trainer
-        consumed = trainer.global_step * trainer.accumulate_grad_batches if trainer else self.batches_consumed
-        return {"batches_consumed": consumed}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.batches_consumed = int(state_dict["batches_consumed"])

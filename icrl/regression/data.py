@@ -18,12 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from icrl.streams import (BatchStream, FixedBatches, StreamLoader, check_seeds, check_shares, generator,
-                          rank_and_world)
+from icrl.streams import (BatchStream, FixedBatches, StreamDataModule, StreamLoader, check_seeds, check_shares,
+                          generator, rank_and_world)
 
 # Stream ids: independent random streams derived from one seed.
 TABLE, TRAIN, POOL, VAL = range(4)
@@ -68,7 +67,7 @@ class PromptStream(BatchStream):
         return {"v": self.v, "f": self.f, "y": y}
 
 
-class TemplateRegressionDataModule(LightningDataModule):
+class TemplateRegressionDataModule(StreamDataModule):
     """Prompts of template regression, with an in-distribution and an unseen-task validation set.
 
     Args:
@@ -105,7 +104,7 @@ class TemplateRegressionDataModule(LightningDataModule):
         val_seed: int = 0,
         num_workers: int = 0,
     ):
-        super().__init__()
+        super().__init__(num_workers)
         sizes = dict(n_tokens=n_tokens, token_dim=token_dim, n_basis=n_basis, batch_size=batch_size, n_val=n_val)
         for name, value in sizes.items():
             if value < 1:
@@ -127,14 +126,11 @@ class TemplateRegressionDataModule(LightningDataModule):
             )
         if n_train is not None and n_train < batch_size:
             raise ValueError(f"n_train must be None (endless stream) or >= batch_size = {batch_size}, got n_train={n_train}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
         check_seeds(seed=seed, val_seed=val_seed)
         self.save_hyperparameters()
         gen = generator(seed, TABLE)
         self.v = torch.randn(n_tokens, token_dim, generator=gen)  # (K, d)
         self.f = torch.randn(n_tokens, n_basis, generator=gen)  # (K, m)
-        self.batches_consumed = 0  # training batches consumed, restored on resume
 
     @property
     def task(self) -> dict:
@@ -149,7 +145,7 @@ class TemplateRegressionDataModule(LightningDataModule):
         pool = None if hp.n_train is None else sample_labels(self.f, hp.n_train, hp.noise_var, generator(hp.seed, POOL))
         rank = rank_and_world(self.trainer)[0]
         stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_consumed, pool)
-        return StreamLoader(stream, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        return self.stream_loader(stream)
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``."""
@@ -168,9 +164,7 @@ class TemplateRegressionDataModule(LightningDataModule):
 
     def state_dict(self) -> dict:
         # v and f travel with the checkpoint, so a resumed or tested model sees the same representations
-        trainer = self.trainer
-        batches = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else self.batches_consumed
-        return {"v": self.v, "f": self.f, "batches_consumed": batches}
+        return {**super().state_dict(), "v": self.v, "f": self.f}
 
     def load_state_dict(self, state_dict: dict) -> None:
         v, f = state_dict["v"], state_dict["f"]
@@ -181,4 +175,5 @@ class TemplateRegressionDataModule(LightningDataModule):
                 f"(n_tokens, token_dim, n_basis) expects v={tuple(expected['v'])}, f={tuple(expected['f'])}: "
                 "resume with the sizes the checkpoint was trained with"
             )
-        self.v, self.f, self.batches_consumed = v, f, int(state_dict["batches_consumed"])
+        self.v, self.f = v, f
+        super().load_state_dict(state_dict)
