@@ -86,7 +86,7 @@ def test_unknown_experiment_is_a_usage_error(tmp_path, capsys):
     (["--fit-args", "regression/fig2-4layer:--data.batch_size 16"],
      "--fit-args pattern 'regression/fig2-4layer' matches none of the configs"),
     (["--seeds", "0", "0"], "--seeds must be distinct, got [0, 0]"),
-    (["--configs", "no-such-dir"], "--configs no-such-dir is not a directory"),
+    (["--configs", "no-such-dir"], "no configs directory at no-such-dir"),
 ], ids=["pattern matching no config", "repeated seed", "missing configs directory"])
 def test_bad_arguments_are_refused_before_any_run(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

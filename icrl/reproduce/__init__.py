@@ -36,7 +36,7 @@ def reproduce(names: list[str], out: Path, quick: bool = False, seeds: tuple[int
     runs whose config matches ``GLOB`` (e.g. ``"regression/fig2-4layer*:--data.batch_size 32"``).
     """
     from icrl.reproduce import plots, results
-    from icrl.reproduce.run import execute, plan
+    from icrl.reproduce.run import configs_dir, execute, plan
 
     registry = experiments()
     unknown = [n for n in names if n not in registry]
@@ -45,8 +45,9 @@ def reproduce(names: list[str], out: Path, quick: bool = False, seeds: tuple[int
     exps = [registry[n] for n in names]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must be distinct, got {list(seeds)}")
-    if configs is not None and not configs.is_dir():
-        raise ValueError(f"--configs {configs} is not a directory")
+    if not (configs or configs_dir()).is_dir():  # the default is found only in an editable install
+        raise ValueError(f"no configs directory at {configs or configs_dir()}: pass --configs DIR, the repository's "
+                         "configs/ (found without it when icrl is installed with pip install -e .)")
     scoped = [parse_fit_args(a) for a in fit_args]
     run_configs = sorted({run.config for exp in exps for run in exp.runs})
     for pattern, _ in scoped:  # a pattern that matches nothing would silently run the configs at full size
