@@ -45,12 +45,6 @@ class NonFiniteGuard(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        if self._every == 1:
-            value = loss.item()
-            if not self._all_ranks(trainer, math.isfinite(value)):
-                what = f"train/loss = {value}" if not math.isfinite(value) else "a non-finite train/loss on another process"
-                raise NonFiniteLossError(self._message(trainer, pl_module, what, trainer.global_step))
-            return
         self._pending.append((trainer.global_step, loss.detach()))
         if len(self._pending) >= self._every:
             self._check(trainer, pl_module)
@@ -65,20 +59,20 @@ class NonFiniteGuard(Callback):
                 self._message(trainer, pl_module, "the weights are not finite", trainer.global_step))
 
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Reads the kept losses (one sync); raises at the first non-finite one."""
+        """Reads the kept losses (one host sync); raises at the first non-finite one."""
         if not self._pending:
             return
         steps, losses = zip(*self._pending)
         self._pending = []
-        finite = torch.isfinite(torch.stack([loss.reshape(()) for loss in losses]))
-        if self._all_ranks(trainer, bool(finite.all())):
+        # one kept loss (every step on a CPU): .item() reads it without a kernel
+        values = ([losses[0].item()] if len(losses) == 1
+                  else torch.stack([loss.reshape(()) for loss in losses]).tolist())
+        bad = next((i for i, value in enumerate(values) if not math.isfinite(value)), None)
+        if self._all_ranks(trainer, bad is None):
             return
-        if bool(finite.all()):
-            raise NonFiniteLossError(self._message(
-                trainer, pl_module, "a non-finite train/loss on another process", steps[-1]))
-        first = int((~finite).nonzero()[0])
-        raise NonFiniteLossError(
-            self._message(trainer, pl_module, f"train/loss = {losses[first].item()}", steps[first]))
+        what, step = (("a non-finite train/loss on another process", steps[-1]) if bad is None
+                      else (f"train/loss = {values[bad]}", steps[bad]))
+        raise NonFiniteLossError(self._message(trainer, pl_module, what, step))
 
     @staticmethod
     def _all_ranks(trainer: Trainer, finite: bool) -> bool:

@@ -13,10 +13,9 @@ import warnings
 
 import numpy as np
 import torch
-from torch import Tensor
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
 
 # Lightning warns about any IterableDataset with a __len__, since workers could make it wrong; the
 # loaders of FixedBatches have no workers, so their length is exact.

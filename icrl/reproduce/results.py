@@ -49,9 +49,13 @@ def find_run(exp: Experiment, where: dict) -> Run:
     return found[0]
 
 
-def mean_end(seeds: RunSeeds, metric: str) -> float:
-    values = end_values(seeds, metric)
+def nan_mean(values: np.ndarray) -> float:
+    """The mean of the values that are not NaN (failed runs); NaN if none is."""
     return float(np.nanmean(values)) if (~np.isnan(values)).any() else math.nan
+
+
+def mean_end(seeds: RunSeeds, metric: str) -> float:
+    return nan_mean(end_values(seeds, metric))
 
 
 def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
@@ -60,7 +64,7 @@ def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
     for check in exp.checks:
         run = find_run(exp, check.run)
         values = end_values(data.get(run, {}), check.metric)
-        mean = mean_end(data.get(run, {}), check.metric)
+        mean = nan_mean(values)
         ref = check.reference
         if isinstance(ref, Ref):
             ref_run = run if ref.where is None else find_run(exp, ref.where)
