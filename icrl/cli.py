@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -73,6 +74,13 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> IcrlCLI:
 
 def main() -> None:
     """Console script ``icrl``: exit status 0 on success, 1 on a non-finite loss, 2 on a bad setting."""
+    # Modules in the current directory resolve as class paths, as under `python -m`.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    # These models are small: on a CPU shared with other processes, torch's default of one thread per
+    # core runs several times slower than one thread (README, "Threads"). OMP_NUM_THREADS overrides.
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
     # A progress bar redrawn every step costs ~10% of a CPU recall step; every 10th step is plenty.
     # Lightning's TQDMProgressBar takes its refresh rate as at least TQDM_MINITERS (set it to 1 for every step).
     os.environ.setdefault("TQDM_MINITERS", "10")
