@@ -78,8 +78,10 @@ def main() -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     # These models are small: on a CPU shared with other processes, torch's default of one thread per
-    # core runs several times slower than one thread (README, "Threads"). OMP_NUM_THREADS overrides.
+    # core runs several times slower than one thread (README, "Threads"). OMP_NUM_THREADS overrides;
+    # set here, it also reaches DDP ranks and DataLoader workers (Lightning's DDP default is cores / ranks).
     if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
     # A progress bar redrawn every step costs ~10% of a CPU recall step; every 10th step is plenty.
     # Lightning's TQDMProgressBar takes its refresh rate as at least TQDM_MINITERS (set it to 1 for every step).
