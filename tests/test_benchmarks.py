@@ -74,3 +74,15 @@ def test_lightning_overhead_times_a_bare_loop_and_fit(capsys, tmp_path):
     assert set(report["results"]) == {"bare", "fit", "fit, logging and bar every step (before the fixes)"}
     assert report["results"]["bare"]["overhead"] == 0 and report["results"]["fit"]["step_ms"] > 0
     assert report["results"]["fit"]["validations"] == 3
+
+
+def test_threads_times_the_console_script_at_each_setting(capsys, tmp_path):
+    import threads
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text((ROOT / "configs/recall/fig1/reparam-linear-fa.yaml").read_text()
+                      .replace("context_length: 256", "context_length: 16").replace("batch_size: 512", "batch_size: 8"))
+    threads.main(["--config", str(config), "--steps", "5", "--rounds", "1", "--threads", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["torch_threads"] == {"1": 1} and report["steps"] == 5 and not report["busy"]
+    assert all(v > 0 for v in report["steps_per_s"].values())
