@@ -101,7 +101,7 @@ def test_new_attention_and_parameterization_by_subclassing(run_cli, tmp_path, mo
     (tmp_path / "my_ext.py").write_text(EXTENSION)
     monkeypatch.syspath_prepend(str(tmp_path))
     cli = run_cli("fit", "--config", str(FIG1 / "reparam-linear-fa.yaml"),
-                  "--model.attention", '{"class_path": "my_ext.SigmoidAttention"}',
+                  "--model.attention", "my_ext.SigmoidAttention",
                   "--model.parameterization", "my_ext.Diagonal",
                   "--data.context_length", "32", "--data.n_val", "128", "--trainer.max_steps", "20",
                   "--trainer.val_check_interval", "10")

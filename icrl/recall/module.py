@@ -43,9 +43,15 @@ class RecallModule(LightningModule):
 
     Args:
         task: the task dict of ``RecallDataModule.task``; the CLI links it from the data module.
-        d_model, attention, parameterization, feedforward, trainable_U: see ``RecallTransformer``; in
-            YAML ``attention: icrl.recall.SoftmaxAttention`` and ``parameterization: {class_path:
-            icrl.recall.Reparam, init_args: {value_scale: true}}`` (default ``LinearAttention``, ``Origin``).
+        d_model: width ``d``, at least ``2 * vocab_size``.
+        attention: an ``icrl.recall.Attention``, in YAML by class path (``icrl.recall.SoftmaxAttention``);
+            null: ``LinearAttention``.
+        parameterization: a callable ``(task, d_model, feedforward) -> Parameterization``: in YAML a class
+            path, with options in ``init_args`` (``{class_path: icrl.recall.Reparam, init_args:
+            {value_scale: true}}``, the later paper version's value-scaled Reparam; ``init_std`` of
+            ``Origin`` and ``ReparamW``: a random start).
+        feedforward: ``none`` (no ξ_F), ``F`` (κ = 0) or ``FA`` (κ = 1).
+        trainable_U: train the unembedding ``U`` (initialised at its fixed value).
         optimizer: a callable from parameters to an optimizer (YAML ``class_path``); defaults to
             ``NormalizedGD(lr=0.1)``, the paper's choice.
 
