@@ -118,3 +118,24 @@ def test_new_attention_and_parameterization_by_subclassing(run_cli, tmp_path, mo
     reloaded = RecallModule.load_from_checkpoint(ckpt, weights_only=True)
     assert type(reloaded.model.attention).__name__ == "SigmoidAttention"
     torch.testing.assert_close(reloaded.model.param.w, model.param.w)
+
+
+def test_a_module_built_in_python_saves_plain_hyperparameters_and_reloads(tmp_path):
+    from functools import partial
+
+    from lightning.pytorch import Trainer
+
+    from icrl.recall import RecallDataModule, RecallModule, Reparam, SoftmaxAttention
+
+    data = RecallDataModule(context_length=16, batch_size=32, n_val=64)
+    model = RecallModule(data.task, attention=SoftmaxAttention(), parameterization=partial(Reparam, value_scale=True))
+    assert model.hparams["attention"] == {"class_path": "icrl.recall.attention.SoftmaxAttention"}
+    assert model.hparams["parameterization"] == {"class_path": "icrl.recall.parameterization.Reparam",
+                                                 "init_args": {"value_scale": True}}
+    trainer = Trainer(max_steps=3, val_check_interval=3, check_val_every_n_epoch=None, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    reloaded = RecallModule.load_from_checkpoint(next(tmp_path.rglob("*.ckpt")), weights_only=True)
+    assert type(reloaded.model.attention) is SoftmaxAttention and reloaded.model.param.s is not None
+    torch.testing.assert_close(reloaded.model.param.s, model.model.param.s)
+    assert model.model.param.s.item() != 1.0  # it trained, so the reload had something to restore
