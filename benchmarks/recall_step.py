@@ -28,6 +28,7 @@ import json
 import resource
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,11 +40,13 @@ from timing import (interleaved, machine, machine_end, machine_line, parser, rat
                     summary, train_step)
 
 from icrl.optim import NormalizedGD  # noqa: E402
-from icrl.recall import RecallTask, RecallTransformer, sample_recall  # noqa: E402
+from icrl.recall import (LinearAttention, Origin, RecallTask, RecallTransformer, ReLUAttention, Reparam,  # noqa: E402
+                         ReparamW, SoftmaxAttention, sample_recall)
 from icrl.streams import generator  # noqa: E402
 
-ATTENTIONS = ["linear", "relu", "softmax"]
-PARAMETERIZATIONS = ["origin", "reparam", "reparam_w"]
+ATTENTIONS = {"linear": LinearAttention, "relu": ReLUAttention, "softmax": SoftmaxAttention}
+# Origin from a random start: the weights are redrawn below anyway, and some zero-init combinations are refused
+PARAMETERIZATIONS = {"origin": partial(Origin, init_std=0.1), "reparam": Reparam, "reparam_w": ReparamW}
 RTOL = 1e-4  # losses and gradients must agree to this relative error (float32 sums over T positions)
 
 
@@ -51,7 +54,8 @@ def build(task: RecallTask, d_model: int, attention: str, parameterization: str,
           device: str, seed: int = 0) -> RecallTransformer:
     """A model with small random weights (not the zero init, so that every gradient is non-trivial)."""
     torch.manual_seed(seed)
-    model = RecallTransformer(task, d_model, attention, parameterization, feedforward).to(device)
+    model = RecallTransformer(task, d_model, ATTENTIONS[attention](), PARAMETERIZATIONS[parameterization],
+                              feedforward).to(device)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.1)
@@ -243,8 +247,8 @@ def parse(argv=None):
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--feedforward", default="FA", choices=["none", "F", "FA"])
     p.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.5], help="tasks: 0 noiseless, > 0 noisy")
-    p.add_argument("--attention", nargs="+", default=ATTENTIONS)
-    p.add_argument("--parameterization", nargs="+", default=PARAMETERIZATIONS)
+    p.add_argument("--attention", nargs="+", default=list(ATTENTIONS))
+    p.add_argument("--parameterization", nargs="+", default=list(PARAMETERIZATIONS))
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (one dense step each)")
     p.add_argument("--fast-calls", type=int, default=30, help="package steps per round")
     p.add_argument("--device", default="cpu")

@@ -124,3 +124,7 @@ def test_validation_sets_are_fixed_by_val_seed():
     b = RecallDataModule(context_length=16, n_val=64, seed=5).val_sets()
     assert torch.equal(a[0]["tokens"], b[0]["tokens"]) and torch.equal(a[1]["tokens"], b[1]["tokens"])
     assert ((a[1]["output"] >= 9)).all() and ((a[0]["output"] < 9)).all()
+    # the held-out test sets of `icrl test` are other draws of the same distributions
+    test = RecallDataModule(context_length=16, n_val=64, seed=0).val_sets("test")
+    assert not torch.equal(test[0]["tokens"], a[0]["tokens"]) and not torch.equal(test[1]["tokens"], a[1]["tokens"])
+    assert ((test[1]["output"] >= 9)).all() and ((test[0]["output"] < 9)).all()

@@ -7,8 +7,19 @@ import pytest
 import torch
 from torch.nn import functional as nnf
 
-from icrl.recall import RecallTask, RecallTransformer, sample_recall
+from functools import partial
+
+from icrl.recall import (LinearAttention, Origin, RecallTask, RecallTransformer, ReLUAttention, Reparam, ReparamW,
+                         SoftmaxAttention, entropy, sample_recall)
+from icrl.recall.metrics import ExpectedCrossEntropy
 from icrl.streams import generator
+
+ATTENTIONS = {"linear": LinearAttention, "relu": ReLUAttention, "softmax": SoftmaxAttention}
+# every parameterization, the value-scaled Reparam (and Reparam-W) of the later paper version included
+PARAMETERIZATIONS = {"origin": Origin, "reparam": Reparam, "reparam_w": ReparamW,
+                     "reparam_scaled": partial(Reparam, value_scale=True),
+                     "reparam_w_scaled": partial(ReparamW, value_scale=True)}
+VALUE_SCALED = partial(Reparam, value_scale=True)
 
 
 def dense_forward(model: RecallTransformer, tokens: torch.Tensor):
@@ -28,18 +39,23 @@ def dense_forward(model: RecallTransformer, tokens: torch.Tensor):
 
 
 # every combination; the noisy Reparam without feed-forward is refused by design (the "inexpressible feed-forward" case of
-# tests/test_reliability_recall.py)
-COMBOS = [c for c in itertools.product(["linear", "relu", "softmax"], ["origin", "reparam", "reparam_w"],
-                                       ["none", "F", "FA"], [False, True], [0.0, 0.3])
-          if not (c[4] > 0 and c[1] != "origin" and c[2] == "none")]
+# tests/test_reliability_recall.py); the random start (init_std) lets zero-init-frozen Origin combinations build
+COMBOS = [c for c in itertools.product(ATTENTIONS, PARAMETERIZATIONS, ["none", "F", "FA"], [False, True], [0.0, 0.3])
+          if not (c[4] > 0 and c[1] != "origin" and c[2] == "none") and not (c[1].endswith("scaled") and c[3])]
+
+
+def build(attention: str, param: str, ff: str, task: RecallTask, d_model: int, **kwargs) -> RecallTransformer:
+    make = PARAMETERIZATIONS[param]
+    if param == "origin":
+        make = partial(Origin, init_std=0.1)
+    return RecallTransformer(task, d_model, ATTENTIONS[attention](), make, ff, **kwargs)
 
 
 @pytest.mark.parametrize("attention,param,ff,trainable_U,alpha", COMBOS)
 def test_fast_path_equals_dense_formula(attention, param, ff, trainable_U, alpha):
     torch.manual_seed(0)
     task = RecallTask(vocab_size=11, n_triggers=2, n_outputs=3, context_length=9, alpha=alpha)
-    model = RecallTransformer(task, d_model=25, attention=attention, parameterization=param, feedforward=ff,
-                              trainable_U=trainable_U)
+    model = build(attention, param, ff, task, 25, trainable_U=trainable_U)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(0.5 * torch.randn_like(p))
@@ -58,7 +74,7 @@ def test_fast_path_equals_dense_formula(attention, param, ff, trainable_U, alpha
 
 def test_reparam_matrices_follow_spec():
     task = RecallTask(vocab_size=12, n_triggers=3, n_outputs=2, context_length=10)
-    model = RecallTransformer(task, 24, parameterization="reparam")
+    model = RecallTransformer(task, 24, parameterization=Reparam)
     with torch.no_grad():
         model.param.lam.copy_(torch.tensor([1.0, 2.0, 3.0]))
     E = torch.eye(24)
@@ -68,7 +84,7 @@ def test_reparam_matrices_follow_spec():
     assert model.param.F().abs().sum() == 0
 
     noisy = RecallTask(vocab_size=12, n_triggers=3, n_outputs=2, context_length=10, alpha=0.2)
-    model = RecallTransformer(noisy, 24, parameterization="reparam")
+    model = RecallTransformer(noisy, 24, parameterization=Reparam)
     with torch.no_grad():
         model.param.lam.fill_(2.5)
     tau, gamma = 11, math.log(0.2 / 0.8)
@@ -79,7 +95,7 @@ def test_reparam_matrices_follow_spec():
 @pytest.mark.parametrize("lam", [0.0, 1.5, 6.0])
 def test_noiseless_reparam_linear_closed_form(lam):
     task = RecallTask()
-    model = RecallTransformer(task, parameterization="reparam", attention="linear")
+    model = RecallTransformer(task, parameterization=Reparam, attention=LinearAttention())
     with torch.no_grad():
         model.param.lam.fill_(lam)
     batch = sample_recall(task, 256, generator(2))
@@ -90,7 +106,7 @@ def test_noiseless_reparam_linear_closed_form(lam):
 @pytest.mark.parametrize("alpha,Lam", [(0.5, 0.0), (0.2, 2.0), (0.8, 7.0)])
 def test_noisy_reparam_linear_closed_form(alpha, Lam):
     task = RecallTask(alpha=alpha)
-    model = RecallTransformer(task, parameterization="reparam", attention="linear", feedforward="FA")
+    model = RecallTransformer(task, parameterization=Reparam, attention=LinearAttention(), feedforward="FA")
     with torch.no_grad():
         model.param.lam.fill_(Lam)
     batch = sample_recall(task, 4096, generator(3))
@@ -107,7 +123,7 @@ def test_noisy_reparam_linear_closed_form(alpha, Lam):
 
 def test_softmax_reparam_with_fixed_U_floors_at_ln_1_plus_N_minus_1_over_e():
     task = RecallTask()
-    model = RecallTransformer(task, parameterization="reparam", attention="softmax")
+    model = RecallTransformer(task, parameterization=Reparam, attention=SoftmaxAttention())
     with torch.no_grad():
         model.param.lam.fill_(40.0)
     batch = sample_recall(task, 128, generator(4))
@@ -120,3 +136,37 @@ def test_model_outputs_have_documented_shapes():
     out = RecallTransformer(task, 40, feedforward="FA")(sample_recall(task, 5, generator(0))["tokens"])
     assert out.logits.shape == out.logits_attn.shape == out.logits_ff.shape == (5, 20)
     assert out.attention.shape == (5, 12)
+
+
+def test_value_scaled_reparam_matrices_follow_spec():
+    noisy = RecallTask(vocab_size=12, n_triggers=3, n_outputs=2, context_length=10, alpha=0.2)
+    model = RecallTransformer(noisy, 24, SoftmaxAttention(), VALUE_SCALED)
+    assert model.param.s.item() == 1.0  # starts as the plain Reparam
+    with torch.no_grad():
+        model.param.lam.fill_(2.5)
+        model.param.s.fill_(3.0)
+    E, tau, gamma = torch.eye(24), 11, math.log(0.2 / 0.8)
+    torch.testing.assert_close(model.param.W(), 2.5 * torch.outer(E[0], E[12] - E[tau]))
+    torch.testing.assert_close(model.param.V(), 3.0 * torch.eye(24))
+    torch.testing.assert_close(model.param.F(), torch.outer(E[tau], gamma * E[0] + 3.0 * E[12]))  # F = E(τ)(γE(q) + sẼ(q))ᵀ
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 0.5])
+def test_value_scaled_softmax_reparam_reaches_the_bayes_risk_in_and_out_of_distribution(alpha):
+    # the later version's softmax result: at λ = 10, s = 20 the exact expected loss is H(α) to 1e-5 on both sets
+    task = RecallTask(alpha=alpha)
+    model = RecallTransformer(task, attention=SoftmaxAttention(), parameterization=VALUE_SCALED, feedforward="FA")
+    with torch.no_grad():
+        model.param.lam.fill_(10.0)
+        model.param.s.fill_(20.0)
+    for ood in (False, True):
+        batch = sample_recall(task, 512, generator(5), ood=ood)
+        metric = ExpectedCrossEntropy(alpha, task.noise_token)
+        metric.update(model(batch["tokens"]).logits, batch["output"])
+        assert metric.compute().item() == pytest.approx(entropy(alpha), abs=1e-5), ood
+    # and without the value scale (s = 1) the same λ stays far from it: the first version's floor
+    with torch.no_grad():
+        model.param.s.fill_(1.0)
+    metric = ExpectedCrossEntropy(alpha, task.noise_token)
+    metric.update(model(batch["tokens"]).logits, batch["output"])
+    assert metric.compute().item() > entropy(alpha) + 1.0

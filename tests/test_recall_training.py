@@ -19,6 +19,17 @@ def test_reparam_linear_fa_reaches_the_bayes_risk_noiseless_and_noisy(run_cli):
     assert abs(m["val/bayes_gap"]) < 0.01 and abs(m["val/p_noise_ood"] - 0.5) < 0.05
 
 
+def test_value_scaled_reparam_softmax_fa_reaches_the_bayes_risk_in_and_out_of_distribution(run_cli):
+    config = str(ROOT / "configs" / "recall" / "fig1-later" / "reparam-softmax-fa.yaml")
+    m = end_metrics(run_cli("fit", "--config", config, *SMALL, "--trainer.max_steps", "300",
+                            "--trainer.val_check_interval", "300"))
+    assert m["val/loss"] < 0.01 and m["val/ood_loss"] < 0.01
+    m = end_metrics(run_cli("fit", "--config", config, *SMALL, "--data.alpha", "0.5", "--trainer.max_steps", "150",
+                            "--trainer.val_check_interval", "150"))
+    assert 0 <= m["val/bayes_gap"] < 0.01 and 0 <= m["val/ood_bayes_gap"] < 0.01  # exact expected losses
+    assert abs(m["val/ood_loss"] - math.log(2)) < 0.01 and abs(m["val/p_noise_ood"] - 0.5) < 0.02
+
+
 def test_origin_linear_fa_fits_in_distribution_but_fails_ood(run_cli):
     m = end_metrics(run_cli("fit", "--config", str(FIG1 / "origin-linear-fa.yaml"), *SMALL,
                             "--trainer.max_steps", "300", "--trainer.val_check_interval", "300"))

@@ -112,11 +112,11 @@ def test_checkpoint_holds_the_tables_and_the_stream_position(run_cli, tmp_path):
     again = end_metrics(run_cli("validate", "--config", *ONE_LAYER, "--data.seed", "1", "--ckpt_path", ckpt))
     for key, value in trained.items():
         assert again[key] == pytest.approx(value, abs=1e-6), key
-    # and `icrl test` scores the same sets under test/
+    # and `icrl test` scores its own held-out sets under test/: other prompts, so other numbers
     tested = end_metrics(run_cli("test", "--config", *ONE_LAYER, "--data.seed", "1", "--ckpt_path", ckpt))
     assert tested.keys() == {"test/" + key[len("val/"):] for key in trained}
     for key, value in trained.items():
-        assert tested["test/" + key[len("val/"):]] == pytest.approx(value, abs=1e-6), key
+        assert tested["test/" + key[len("val/"):]] != pytest.approx(value, abs=1e-6), key
 
     # tables of other sizes are refused with the sizes named
     with pytest.raises(ValueError, match=r"checkpoint's tables have shapes v=\(12, 6\), f=\(12, 3\).*f=\(12, 5\)"):

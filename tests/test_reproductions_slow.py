@@ -27,6 +27,17 @@ def test_fig1_fixed_u_softmax_floors_at_its_closed_form(run_cli):
     assert m["val/loss"] == pytest.approx(math.log(1 + 59 / math.e), abs=0.01)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_fig1_later_value_scaled_softmax_reaches_the_bayes_risk_out_of_distribution(alpha, run_cli):
+    m = end_metrics(run_cli("fit", "--config", str(ROOT / "configs/recall/fig1-later/reparam-softmax-fa.yaml"),
+                            "--data.alpha", str(alpha)))
+    risk = -alpha * math.log(alpha) - (1 - alpha) * math.log(1 - alpha) if alpha else 0.0
+    assert abs(m["val/ood_loss"] - risk) < 0.01 and abs(m["val/loss"] - risk) < 0.01
+    assert 0 <= m["val/bayes_gap"] < 0.01 and 0 <= m["val/ood_bayes_gap"] < 0.01
+    if alpha:
+        assert abs(m["val/p_noise_ood"] - alpha) < 0.02
+
+
 @pytest.mark.parametrize("model", ["reparam-relu-fa", "reparam-linear-fa"])
 def test_finite_sample_reparam_generalizes_to_unseen_outputs(model, run_cli):
     m = end_metrics(run_cli("fit", "--config", str(ROOT / "configs" / "recall" / "finite" / f"{model}.yaml")))

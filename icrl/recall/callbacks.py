@@ -1,4 +1,4 @@
-"""``RecallEvaluation``: Bayes gaps, OOD probabilities and logit margins of any recall run (SPEC R.6)."""
+"""``RecallEvaluation``: exact expected losses, Bayes gaps, OOD probabilities and logit margins (SPEC R.6)."""
 
 from __future__ import annotations
 
@@ -6,62 +6,51 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from icrl.recall.metrics import BayesGap, LogitMargin, MeanProbability
+from icrl.recall.metrics import BayesGap, ExpectedCrossEntropy, LogitMargin, MeanProbability
 
 
 class RecallEvaluation(Callback):
     """Adds, per validation (and test), from the outputs of a recall module's eval steps:
 
-    - ``bayes_gap``, ``ood_bayes_gap``: loss minus the task's Bayes risk, in distribution and OOD;
-    - ``p_output_ood``: mean probability of the true output ``y`` on OOD samples (→ 1−α);
-    - ``p_noise_ood``: mean probability of τ on OOD samples (→ α; noisy task only);
-    - ``margin_attn``: ``ξ_{A,y} − max_{k≠y} ξ_{A,k}``; ``margin_ff``: ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}``
-      (noisy task only), in distribution.
+    - in distribution (dataloader 0): ``expected_loss`` (``−α log p_τ − (1−α) log p_y``, the exact
+      expected cross-entropy over the label noise), ``bayes_gap`` (it minus the Bayes risk ``H(α)``,
+      ≥ 0 for every model), ``margin_attn``: ``ξ_{A,y} − max_{k≠y} ξ_{A,k}`` and, noisy task only,
+      ``margin_ff``: ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}``;
+    - on unseen outputs (dataloader 1): ``ood_expected_loss``, ``ood_bayes_gap``, ``p_output_ood``
+      (mean probability of the true output ``y``, → 1−α) and, noisy task only, ``p_noise_ood``
+      (mean probability of τ, → α).
 
-    Works with any module whose eval steps return ``{"output": RecallOutput}`` and that has a
-    ``task`` (``RecallTask``); validation dataloaders ``[in-distribution, OOD]``.
+    Each is logged in its own dataloader's steps, so ``trainer.validate``'s list (and its table)
+    holds it under that loader. Works with any module whose eval steps return
+    ``{"output": RecallOutput}`` and that has a ``task`` (``RecallTask``); validation dataloaders
+    ``[in-distribution, OOD]``.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         task = pl_module.task
-        names = ["bayes_gap", "ood_bayes_gap", "p_output_ood", "margin_attn"]
+        expected = dict(alpha=task.alpha, noise_token=task.noise_token)
+        in_dist = {"expected_loss": ExpectedCrossEntropy(**expected), "bayes_gap": BayesGap(**expected, bayes_risk=task.bayes_risk),
+                   "margin_attn": LogitMargin()}
+        ood = {"ood_expected_loss": ExpectedCrossEntropy(**expected),
+               "ood_bayes_gap": BayesGap(**expected, bayes_risk=task.bayes_risk), "p_output_ood": MeanProbability()}
         if task.noisy:
-            names += ["p_noise_ood", "margin_ff"]
-        make = {"bayes_gap": lambda: BayesGap(task.bayes_risk), "ood_bayes_gap": lambda: BayesGap(task.bayes_risk),
-                "p_output_ood": MeanProbability, "p_noise_ood": MeanProbability,
-                "margin_attn": LogitMargin, "margin_ff": LogitMargin}
-        self.metrics = nn.ModuleDict({n: make[n]() for n in names})
+            in_dist["margin_ff"], ood["p_noise_ood"] = LogitMargin(), MeanProbability()
+        self.metrics = nn.ModuleList([nn.ModuleDict(in_dist), nn.ModuleDict(ood)])
         self.noise_token = task.noise_token
 
-    def _update(self, pl_module: LightningModule, outputs: dict, batch: dict, dataloader_idx: int) -> None:
-        self.metrics.to(pl_module.device)
-        out, m = outputs["output"], self.metrics
-        if dataloader_idx == 0:
-            m["bayes_gap"].update(out.logits, batch["target"])
-            m["margin_attn"].update(out.logits_attn, batch["output"])
-            if "margin_ff" in m:
-                m["margin_ff"].update(out.logits_ff, torch.full_like(batch["output"], self.noise_token))
-        else:
-            m["ood_bayes_gap"].update(out.logits, batch["target"])
-            m["p_output_ood"].update(out.logits, batch["output"])
-            if "p_noise_ood" in m:
-                m["p_noise_ood"].update(out.logits, torch.full_like(batch["output"], self.noise_token))
-
-    def _log(self, pl_module: LightningModule, stage: str) -> None:
-        for name, metric in self.metrics.items():
-            if metric.update_count:
-                # already reduced over processes by torchmetrics; sync_dist only quiets Lightning
-                pl_module.log(f"{stage}/{name}", metric.compute(), sync_dist=True)
-            metric.reset()
+    def _step(self, pl_module: LightningModule, stage: str, outputs: dict, batch: dict, dataloader_idx: int) -> None:
+        out, y = outputs["output"], batch["output"]
+        tau = torch.full_like(y, self.noise_token)
+        inputs = {"margin_attn": (out.logits_attn, y), "margin_ff": (out.logits_ff, tau), "p_noise_ood": (out.logits, tau)}
+        metrics = self.metrics[dataloader_idx].to(pl_module.device)
+        for name, metric in metrics.items():
+            metric.update(*inputs.get(name, (out.logits, y)))
+            # logged in this loader's step, computed and reset by Lightning at the epoch's end; a metric that is not
+            # the module's own needs its metric_attribute named (Lightning only records it)
+            pl_module.log(f"{stage}/{name}", metric, add_dataloader_idx=False, metric_attribute=name)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update(pl_module, outputs, batch, dataloader_idx)
+        self._step(pl_module, "val", outputs, batch, dataloader_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update(pl_module, outputs, batch, dataloader_idx)
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        self._log(pl_module, "val")
-
-    def on_test_epoch_end(self, trainer, pl_module):
-        self._log(pl_module, "test")
+        self._step(pl_module, "test", outputs, batch, dataloader_idx)

@@ -18,7 +18,7 @@ from icrl.recall.task import RecallTask
 from icrl.streams import (BatchStream, FixedBatches, StreamDataModule, StreamLoader, check_seeds, check_shares,
                           generator, rank_and_world)
 
-TRAIN, VAL, OOD, FIXED, SHUFFLE = range(5)  # stream ids: no two streams share a generator seed
+TRAIN, VAL, OOD, FIXED, SHUFFLE, TEST, TEST_OOD = range(7)  # stream ids: no two streams share a generator seed
 
 
 def uniform_ints(low: int, high: int, n: int, bits: np.random.BitGenerator) -> np.ndarray:
@@ -124,7 +124,8 @@ class RecallDataModule(StreamDataModule):
         n_samples: ``None`` for population training (a fresh batch every step), or the size of
             one fixed training sample to cycle over (finite-sample training, SPEC R.2).
         seed: seed of the training stream (and of the finite sample).
-        n_val: size of each validation set (in distribution, OOD); ``val_seed`` fixes them.
+        n_val: size of each validation set (in distribution, OOD), and of each held-out test set;
+            ``val_seed`` fixes them (the test sets are other streams of it).
         val_batch_size: batch size for validation.
         num_workers: DataLoader workers; sampling is cheap, so 0 is usually fastest.
 
@@ -146,7 +147,7 @@ class RecallDataModule(StreamDataModule):
         self.batch_size, self.n_samples, self.seed = batch_size, n_samples, seed
         self.n_val, self.val_seed, self.val_batch_size = n_val, val_seed, val_batch_size
         self._fixed = None
-        self._val = None
+        self._eval: dict[str, list[dict[str, Tensor]]] = {}
 
     @property
     def fixed_sample(self) -> dict[str, Tensor] | None:
@@ -176,15 +177,22 @@ class RecallDataModule(StreamDataModule):
         stream = RecallStream(self.spec, self.batch_size, self.seed, rank, world, self.batches_consumed, self.fixed_sample)
         return self.stream_loader(stream)
 
-    def val_sets(self) -> list[dict[str, Tensor]]:
-        if self._val is None:
-            self._val = [sample_recall(self.spec, self.n_val, generator(self.val_seed, stream), ood=stream == OOD)
-                         for stream in (VAL, OOD)]
-        return self._val
+    def val_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
+        """The fixed ``[in-distribution, OOD]`` sets of ``n_val`` prompts each, drawn from ``val_seed``;
+        ``stage="test"`` gives the held-out test sets (other streams of the same seed)."""
+        if stage not in self._eval:
+            streams = (VAL, OOD) if stage == "val" else (TEST, TEST_OOD)
+            self._eval[stage] = [sample_recall(self.spec, self.n_val, generator(self.val_seed, stream), ood=ood)
+                                 for stream, ood in zip(streams, (False, True))]
+        return self._eval[stage]
+
+    def _eval_loaders(self, stage: str) -> list[DataLoader]:
+        rank, world = rank_and_world(self.trainer)  # each rank scores its own share of each set
+        return [DataLoader(FixedBatches(s, self.val_batch_size, rank, world), batch_size=None)
+                for s in self.val_sets(stage)]
 
     def val_dataloader(self) -> list[DataLoader]:
-        rank, world = rank_and_world(self.trainer)  # each rank scores its own share of each set
-        return [DataLoader(FixedBatches(s, self.val_batch_size, rank, world), batch_size=None) for s in self.val_sets()]
+        return self._eval_loaders("val")
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self.val_dataloader()
+        return self._eval_loaders("test")

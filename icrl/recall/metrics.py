@@ -1,36 +1,33 @@
-"""Recall metrics (SPEC R.6) as torchmetrics classes; states reduce by sum across processes."""
+"""Recall metrics (SPEC R.6) as torchmetrics ``MeanMetric``s of a per-prompt quantity.
+
+States are torchmetrics' own (``sum`` over processes) in the default float32, which every device
+holds (Apple's MPS has no float64); each batch adds one pairwise-summed total, so the relative
+error of a mean is about (number of batches) × 2⁻²⁴. NaNs are kept, not dropped: a diverged model
+shows NaN metrics.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 from torch.nn import functional as nnf
-from torchmetrics import Metric
+from torchmetrics import MeanMetric
 
 
-class _Mean(Metric):
-    """Mean of a per-sample quantity; subclasses define ``per_sample``."""
-
-    full_state_update = False
+class _PerPrompt(MeanMetric):
+    """Mean over prompts of ``per_sample(logits (B, N), index (B,)) -> (B,)``."""
 
     def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        super().__init__(nan_strategy="disable", **kwargs)
 
     def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
         raise NotImplementedError
 
     def update(self, logits: Tensor, index: Tensor) -> None:
-        values = self.per_sample(logits.detach(), index)
-        self.total += values.double().sum()
-        self.count += values.numel()
-
-    def compute(self) -> Tensor:
-        return (self.total / self.count).float()
+        super().update(self.per_sample(logits.detach().float(), index))
 
 
-class MeanCrossEntropy(_Mean):
+class MeanCrossEntropy(_PerPrompt):
     """Mean cross-entropy ``−log softmax(ξ)_target`` in nats.
 
     >>> m = MeanCrossEntropy(); m.update(torch.zeros(2, 4), torch.tensor([0, 3])); round(m.compute().item(), 4)
@@ -38,25 +35,51 @@ class MeanCrossEntropy(_Mean):
     """
 
     def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        return nnf.cross_entropy(logits.float(), index, reduction="none")
+        return nnf.cross_entropy(logits, index, reduction="none")
 
 
-class BayesGap(MeanCrossEntropy):
-    """Mean cross-entropy minus the task's Bayes risk (0 noiseless, ``H(α)`` noisy).
+class ExpectedCrossEntropy(_PerPrompt):
+    """Cross-entropy in expectation over the label noise: ``−α log p_τ − (1−α) log p_y`` per prompt.
 
-    >>> m = BayesGap(bayes_risk=0.5); m.update(torch.zeros(1, 2), torch.tensor([1])); round(m.compute().item(), 4)
-    0.1931
+    The noisy task's target is τ with probability α, else the prompt's output ``y``, independently of
+    the prompt; so this is the exact expected loss of each prompt, without the sampling noise of the
+    drawn targets (``update`` takes ``y``, the batch's ``output``). At α = 0 it is the cross-entropy
+    of ``y``. Its excess over ``H(α)`` is a KL divergence, ≥ 0 for every model (Gibbs' inequality).
+
+    >>> m = ExpectedCrossEntropy(alpha=0.5, noise_token=2)
+    >>> m.update(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([1])); round(m.compute().item(), 4)  # ln 3
+    1.0986
     """
 
-    def __init__(self, bayes_risk: float, **kwargs):
+    def __init__(self, alpha: float, noise_token: int, **kwargs):
         super().__init__(**kwargs)
+        self.alpha, self.noise_token = alpha, noise_token
+
+    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
+        logp = torch.log_softmax(logits, -1)  # (B, N)
+        loss = -(1 - self.alpha) * logp.gather(1, index[:, None]).squeeze(1)
+        if self.alpha:  # at α = 0 the τ term is absent, even where p_τ = 0
+            loss = loss - self.alpha * logp[:, self.noise_token]
+        return loss
+
+
+class BayesGap(ExpectedCrossEntropy):
+    """Expected cross-entropy minus the task's Bayes risk ``H(α)`` (0 noiseless): ≥ 0 for every model.
+
+    >>> m = BayesGap(alpha=0.0, noise_token=1, bayes_risk=0.0)
+    >>> m.update(torch.zeros(1, 2), torch.tensor([1])); round(m.compute().item(), 4)
+    0.6931
+    """
+
+    def __init__(self, alpha: float, noise_token: int, bayes_risk: float, **kwargs):
+        super().__init__(alpha, noise_token, **kwargs)
         self.bayes_risk = bayes_risk
 
     def compute(self) -> Tensor:
         return super().compute() - self.bayes_risk
 
 
-class MeanProbability(_Mean):
+class MeanProbability(_PerPrompt):
     """Mean predicted probability ``softmax(ξ)_k`` of a given token ``k`` per sample.
 
     >>> m = MeanProbability(); m.update(torch.tensor([[0.0, 0.0], [0.0, 100.0]]), torch.tensor([0, 1]))
@@ -65,10 +88,10 @@ class MeanProbability(_Mean):
     """
 
     def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        return torch.softmax(logits.float(), -1).gather(1, index[:, None]).squeeze(1)
+        return torch.softmax(logits, -1).gather(1, index[:, None]).squeeze(1)
 
 
-class LogitMargin(_Mean):
+class LogitMargin(_PerPrompt):
     """Mean margin ``ξ_k − max_{j≠k} ξ_j`` of a given token ``k`` per sample (SPEC R.6).
 
     >>> m = LogitMargin(); m.update(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0])); m.compute()

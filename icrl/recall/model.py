@@ -19,15 +19,16 @@ is kept in the tests (and in ``benchmarks/``), which check the two agree number 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from icrl.recall.attention import Attention, build_attention
-from icrl.recall.parameterization import parameterization_class
+from icrl.recall.attention import Attention, LinearAttention
+from icrl.recall.parameterization import Origin, Parameterization, ParameterizationCallable
 from icrl.recall.task import RecallTask
 
+Feedforward = Literal["none", "F", "FA"]
 FEEDFORWARD_KAPPA = {"none": None, "F": 0.0, "FA": 1.0}
 
 
@@ -94,36 +95,80 @@ class ContextInputs:
         return _XRmatvec.apply(w, self.tokens, self.N, self.d)
 
 
+def check_trainable(param: Parameterization, attention: Attention, feedforward: str) -> None:
+    """Refuse a model whose ``W`` (and ``V``) provably never leave their initial zeros.
+
+    At ``W = 0`` every score is 0, so a = Σ_h σ(0) x_h, and W's gradient is
+    Σ_h ∂L/∂s_h x_{T-1} x_hᵀ with ∂L/∂s = J_σ(0)ᵀ X (Vᵀ + κFᵀ) Uᵀ ∂L/∂ξ. It is exactly 0 at every step if
+
+    - ``σ'(0) = 0`` (e.g. ``torch.relu``): the scores never move, attention never forms; or
+    - ``σ(0) = 0`` (linear, ReLU) and ``V = 0`` with no ``F`` on the attention path (κ = 0 or no
+      feed-forward): a = 0 gives V no gradient (∂L/∂V = Uᵀ ∂L/∂ξ aᵀ), and Vᵀ + κFᵀ = 0 gives W none.
+
+    Zero-initialised Origin with linear or ReLU attention and feed-forward ``none`` or ``F`` is the
+    second case. Both are sufficient conditions, checked on the initial ``W``, ``V`` and ``σ`` of any
+    parameterization and attention; softmax (σ(0) = 1/T), ``V = I`` (Reparam) and FA (F moves on the
+    first step, then carries the gradient to W) all train.
+    """
+    W, V = param.W().detach(), param.V().detach()
+    if W.any():
+        return
+    s = torch.zeros(1, 2, requires_grad=True)
+    with torch.enable_grad():
+        weights = attention(s)  # (1, 2) σ(0)
+        slope = torch.autograd.grad(weights[0, 0], s, allow_unused=True)[0] if weights.requires_grad else None
+    where = f"{type(param).__name__} with {type(attention).__name__} and feedforward {feedforward!r}"
+    if slope is None or not slope.any():  # ∂σ_0/∂s at 0
+        raise ValueError(
+            f"{where} cannot train: W starts at 0, where every score is 0, and this attention's derivative at 0 is 0, "
+            f"so W never gets a gradient and attention never forms. Use an attention with a non-zero slope at 0 "
+            f"(icrl.recall.ReLUAttention takes the right derivative) or a random start (init_std > 0)")
+    if not weights.detach().any() and not V.any() and not FEEDFORWARD_KAPPA[feedforward]:
+        raise ValueError(
+            f"{where} cannot train from its zero initialisation: with W = 0 and σ(0) = 0 the attention output a is 0, "
+            f"so V gets no gradient, and with V = 0 and no F on the attention path W gets none either: W and V stay 0 "
+            f"for ever. Start from random matrices (e.g. --model.parameterization.init_std 0.01), or use "
+            f"feedforward 'FA' or softmax attention")
+
+
 class RecallTransformer(nn.Module):
     """One-layer transformer for in-context recall.
 
     Args:
         task: the ``RecallTask`` it is built for (vocabulary, triggers, α for the noisy Reparam).
         d_model: width ``d``, at least ``2 * vocab_size``.
-        attention: ``linear``, ``relu``, ``softmax`` or an ``Attention`` instance.
-        parameterization: ``origin``, ``reparam``, ``reparam_w`` or a registered/importable
-            ``Parameterization`` subclass.
+        attention: an ``Attention`` (default ``LinearAttention()``).
+        parameterization: a callable ``(task, d_model, feedforward) -> Parameterization``: ``Origin``,
+            ``Reparam``, ``ReparamW``, a subclass of your own, or a ``functools.partial`` with options
+            (``partial(Reparam, value_scale=True)``).
         feedforward: ``none``, ``F`` or ``FA``.
         trainable_U: train the unembedding ``U`` (initialised at its fixed value).
+
+    A model whose ``W`` and ``V`` would never move from their zero start is refused (``check_trainable``).
     """
 
-    def __init__(self, task: RecallTask, d_model: int = 128, attention: str | Attention = "linear",
-                 parameterization: str = "origin", feedforward: str = "FA", trainable_U: bool = False):
+    def __init__(self, task: RecallTask, d_model: int = 128, attention: Attention | None = None,
+                 parameterization: ParameterizationCallable = Origin, feedforward: Feedforward = "FA",
+                 trainable_U: bool = False):
         super().__init__()
         N = task.vocab_size
         if d_model < 2 * N:
             raise ValueError(f"d_model must be >= 2 * vocab_size = {2 * N} (room for E and Ẽ), got d_model={d_model}")
         if feedforward not in FEEDFORWARD_KAPPA:
             raise ValueError(f"feedforward must be one of {list(FEEDFORWARD_KAPPA)}, got feedforward={feedforward!r}")
-        cls = parameterization_class(parameterization)
-        if task.noisy and feedforward == "none" and not cls.supports_noisy_without_ff:
+        attention = LinearAttention() if attention is None else attention
+        if not isinstance(attention, Attention):
+            raise ValueError(f"attention must be an icrl.recall.Attention (class_path in YAML), got attention={attention!r}")
+        self.task, self.kappa, self.attention = task, FEEDFORWARD_KAPPA[feedforward], attention
+        self.param = parameterization(task, d_model, feedforward)
+        if not isinstance(self.param, Parameterization):
+            raise ValueError(f"parameterization must build an icrl.recall.Parameterization, got {self.param!r}")
+        if task.noisy and feedforward == "none" and not self.param.supports_noisy_without_ff:
             raise ValueError(
-                f"parameterization={parameterization!r} cannot express the noisy task (alpha={task.alpha}) with "
+                f"parameterization {type(self.param).__name__} cannot express the noisy task (alpha={task.alpha}) with "
                 f"feedforward='none': its noise association lives in the fixed F; use feedforward 'F' or 'FA'"
             )
-        self.task, self.kappa = task, FEEDFORWARD_KAPPA[feedforward]
-        self.attention = build_attention(attention)
-        self.param = cls(task, d_model, feedforward)
+        check_trainable(self.param, attention, feedforward)
         U = torch.eye(N, d_model)  # U = [E(0) … E(N-1)]ᵀ: logit k is coordinate k
         if trainable_U:
             self.U = nn.Parameter(U)

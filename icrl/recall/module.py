@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 from lightning.pytorch import LightningModule
@@ -11,12 +12,30 @@ from torch.nn import functional as nnf
 
 from icrl.cadence import is_logging_step
 from icrl.optim import NormalizedGD, check_optimizer
-from icrl.recall.attention import Attention, attention_name
+from icrl.recall.attention import Attention
 from icrl.recall.metrics import MeanCrossEntropy
-from icrl.recall.model import RecallOutput, RecallTransformer
+from icrl.recall.model import Feedforward, RecallOutput, RecallTransformer
+from icrl.recall.parameterization import Origin, ParameterizationCallable
 from icrl.recall.task import RecallTask
 
 STAGE_NAMES = {0: "loss", 1: "ood_loss"}  # validation/test dataloaders: in distribution, OOD
+
+
+def as_config(value):
+    """The ``class_path`` form (plain data) of an attention or parameterization given in Python.
+
+    The CLI saves its own config dicts as hyper-parameters; this gives modules built in Python the
+    same, so their checkpoints load with ``weights_only`` (constructor arguments of an attention
+    instance, and lambdas, are not recoverable: pass those to ``load_from_checkpoint``).
+
+    >>> as_config(partial(Origin, init_std=0.01))
+    {'class_path': 'icrl.recall.parameterization.Origin', 'init_args': {'init_std': 0.01}}
+    """
+    if value is None or isinstance(value, (dict, str)):
+        return value
+    func, init_args = (value.func, dict(value.keywords)) if isinstance(value, partial) else (value, {})
+    cls = func if isinstance(func, type) else type(func)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", **({"init_args": init_args} if init_args else {})}
 
 
 class RecallModule(LightningModule):
@@ -24,7 +43,15 @@ class RecallModule(LightningModule):
 
     Args:
         task: the task dict of ``RecallDataModule.task``; the CLI links it from the data module.
-        d_model, attention, parameterization, feedforward, trainable_U: see ``RecallTransformer``.
+        d_model: width ``d``, at least ``2 * vocab_size``.
+        attention: an ``icrl.recall.Attention``, in YAML by class path (``icrl.recall.SoftmaxAttention``);
+            null: ``LinearAttention``.
+        parameterization: a callable ``(task, d_model, feedforward) -> Parameterization``: in YAML a class
+            path, with options in ``init_args`` (``{class_path: icrl.recall.Reparam, init_args:
+            {value_scale: true}}``, the later paper version's value-scaled Reparam; ``init_std`` of
+            ``Origin`` and ``ReparamW``: a random start).
+        feedforward: ``none`` (no ξ_F), ``F`` (κ = 0) or ``FA`` (κ = 1).
+        trainable_U: train the unembedding ``U`` (initialised at its fixed value).
         optimizer: a callable from parameters to an optimizer (YAML ``class_path``); defaults to
             ``NormalizedGD(lr=0.1)``, the paper's choice.
 
@@ -33,14 +60,18 @@ class RecallModule(LightningModule):
     margins.
     """
 
-    def __init__(self, task: dict | None = None, d_model: int = 128, attention: str | Attention = "linear",
-                 parameterization: str = "origin", feedforward: str = "FA", trainable_U: bool = False,
-                 optimizer: OptimizerCallable | None = None):
+    def __init__(self, task: dict | None = None, d_model: int = 128, attention: Attention | None = None,
+                 parameterization: ParameterizationCallable = Origin, feedforward: Feedforward = "FA",
+                 trainable_U: bool = False, optimizer: OptimizerCallable | None = None):
         super().__init__()
         if task is None:
             raise ValueError("task is required: pass RecallDataModule(...).task (the icrl CLI links it from data)")
-        self.save_hyperparameters(ignore=["optimizer", "attention"])
-        self.hparams["attention"] = attention_name(attention)  # a plain string, safe to unpickle
+        with warnings.catch_warnings():  # an Attention instance, replaced by its class_path just below
+            warnings.filterwarnings("ignore", message="Attribute 'attention' is an instance of `nn.Module`")
+            self.save_hyperparameters(ignore=["optimizer"])
+        if "_instantiator" not in self.hparams:  # built in Python: store what the CLI would, and rebuild as it does
+            self.hparams.update(attention=as_config(attention), parameterization=as_config(parameterization),
+                                _instantiator="lightning.pytorch.cli.instantiate_module")
         self.task = RecallTask(**task)
         self.model = RecallTransformer(self.task, d_model, attention, parameterization, feedforward, trainable_U)
         self.optimizer = check_optimizer(optimizer or partial(NormalizedGD, lr=0.1))

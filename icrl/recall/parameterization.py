@@ -2,16 +2,21 @@
 
 With the fixed basis embeddings ``E(k) = e_k`` (token) and ``Ẽ(k) = e_{N+k}`` (previous token):
 
-- ``origin``: ``W``, ``V``, ``F`` free, zero-initialised (paper code).
-- ``reparam``: ``V = I``; noiseless ``W = Σ_{k∈Q} λ_k E(k)Ẽ(k)ᵀ`` (trainable λ ∈ R^{|Q|}), ``F = 0``;
+- ``Origin``: ``W``, ``V``, ``F`` free, zero-initialised (paper code); ``init_std > 0`` draws them
+  from ``N(0, init_std²)`` instead.
+- ``Reparam``: ``V = I``; noiseless ``W = Σ_{k∈Q} λ_k E(k)Ẽ(k)ᵀ`` (trainable λ ∈ R^{|Q|}), ``F = 0``;
   noisy ``W = Λ E(0)(Ẽ(0) − E(τ))ᵀ`` (trainable scalar Λ) and fixed ``F = E(τ)(γE(0) + Ẽ(0))ᵀ``
   with ``γ = log(α/(1−α))`` (α̂, the empirical α, for finite samples).
-- ``reparam_w``: as ``reparam`` but ``W`` is a full free matrix (zero init).
+  ``value_scale=True`` is the later paper version's **value-scaled Reparam**: a trainable scalar
+  ``s`` with ``V = s·I`` and, on the noisy task, ``F = E(τ)(γE(0) + s·Ẽ(0))ᵀ``; with softmax
+  attention it reaches the Bayes risk in and out of distribution as λ (Λ) and ``s`` grow.
+- ``ReparamW``: as ``Reparam`` but ``W`` is a full free matrix (zero init, or ``init_std``).
 
-Add one by subclassing ``Parameterization`` with a ``name``; the model then accepts that name
-(or the class's dotted import path) as ``parameterization``::
+A model takes a parameterization as a callable ``(task, d_model, feedforward) -> Parameterization``
+(``ParameterizationCallable``): a class, or in YAML a ``class_path`` with ``init_args`` for the
+remaining arguments, as for the optimizer. Add one by subclassing ``Parameterization``::
 
-    class Diagonal(Parameterization, name="diagonal"):
+    class Diagonal(Parameterization):
         def __init__(self, task, d_model, feedforward="FA"):
             super().__init__(task, d_model, feedforward)
             self.w = nn.Parameter(torch.zeros(d_model))
@@ -22,30 +27,23 @@ Add one by subclassing ``Parameterization`` with a ``name``; the model then acce
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from icrl.imports import import_subclass
 from icrl.recall.task import RecallTask
-
-PARAMETERIZATIONS: dict[str, type[Parameterization]] = {}
 
 
 class Parameterization(nn.Module):
     """Base class: holds the trainable tensors and builds dense ``W``, ``V``, ``F`` (d×d) from them.
 
-    Defaults are the Origin choices' shapes with ``V = I`` and ``F = 0`` fixed; subclasses override
-    ``W``, ``V``, ``F``. ``supports_noisy_without_ff`` says whether the noisy task can be expressed
-    without a feed-forward block (False where the noise association lives in a fixed ``F``).
+    Defaults are ``V = I`` and ``F = 0`` fixed; subclasses override ``W``, ``V``, ``F``.
+    ``supports_noisy_without_ff`` says whether the noisy task can be expressed without a
+    feed-forward block (False where the noise association lives in a fixed ``F``).
     """
 
     supports_noisy_without_ff = True
-
-    def __init_subclass__(cls, name: str | None = None, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            PARAMETERIZATIONS[name] = cls
 
     def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA"):
         super().__init__()
@@ -63,15 +61,29 @@ class Parameterization(nn.Module):
         return self.zero
 
 
-class Origin(Parameterization, name="origin"):
-    """Free, zero-initialised ``W``, ``V``, ``F``."""
+ParameterizationCallable = Callable[[RecallTask, int, str], Parameterization]
 
-    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA"):
+
+def free_matrix(d_model: int, init_std: float) -> nn.Parameter:
+    """A free d×d matrix: zeros (the paper's init) or, for ``init_std > 0``, ``N(0, init_std²)`` entries.
+
+    >>> free_matrix(3, 0.0).abs().sum().item(), free_matrix(3, 1.0).shape
+    (0.0, torch.Size([3, 3]))
+    """
+    if not (init_std >= 0 and math.isfinite(init_std)):
+        raise ValueError(f"init_std must be a finite number >= 0 (0 = the paper's zero init), got init_std={init_std}")
+    return nn.Parameter(init_std * torch.randn(d_model, d_model) if init_std else torch.zeros(d_model, d_model))
+
+
+class Origin(Parameterization):
+    """Free ``W``, ``V``, ``F``: zero-initialised (paper code), or ``N(0, init_std²)`` entries."""
+
+    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", init_std: float = 0.0):
         super().__init__(task, d_model, feedforward)
-        self.W_ = nn.Parameter(torch.zeros(d_model, d_model))
-        self.V_ = nn.Parameter(torch.zeros(d_model, d_model))
+        self.W_ = free_matrix(d_model, init_std)
+        self.V_ = free_matrix(d_model, init_std)
         # no F parameter without a feed-forward block: it would get no gradient (and upset DDP)
-        self.F_ = nn.Parameter(torch.zeros(d_model, d_model)) if feedforward != "none" else None
+        self.F_ = free_matrix(d_model, init_std) if feedforward != "none" else None
 
     def W(self) -> Tensor:
         return self.W_
@@ -83,20 +95,29 @@ class Origin(Parameterization, name="origin"):
         return self.zero if self.F_ is None else self.F_
 
 
-class Reparam(Parameterization, name="reparam"):
-    """Structured, provably Bayes-optimal ``W`` (λ per trigger, or Λ on the noisy task), ``V = I``."""
+class Reparam(Parameterization):
+    """Structured, provably Bayes-optimal ``W`` (λ per trigger, or Λ on the noisy task), ``V = I``.
+
+    ``value_scale=True``: the value-scaled Reparam, ``V = s·I`` with a trainable scalar ``s`` that
+    also scales the previous-trigger coefficient of the noisy ``F``. ``s`` starts at 1, where the
+    model is the plain Reparam: at ``s = 0`` (``V = 0``) linear and ReLU attention would get no
+    gradient at all from the zero start.
+    """
 
     supports_noisy_without_ff = False
 
-    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA"):
+    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", value_scale: bool = False):
         super().__init__(task, d_model, feedforward)
         N, q, tau = task.vocab_size, 0, task.noise_token
+        self.s = nn.Parameter(torch.ones(1)) if value_scale else None  # V = s·I
         self.init_W(task, d_model)
-        F = torch.zeros(d_model, d_model)
+        # F = E(τ)(γE(q) + s·Ẽ(q))ᵀ on the noisy task (s = 1 without value_scale), F = 0 noiseless
+        F_gamma, F_prev = torch.zeros(d_model, d_model), torch.zeros(d_model, d_model)
         if task.noisy:
             a = task.alpha_hat
-            F[tau, q], F[tau, N + q] = math.log(a / (1 - a)), 1.0  # F = E(τ)(γE(q) + Ẽ(q))ᵀ
-        self.register_buffer("F_fixed", F, persistent=False)
+            F_gamma[tau, q], F_prev[tau, N + q] = math.log(a / (1 - a)), 1.0
+        self.register_buffer("F_gamma", F_gamma, persistent=False)
+        self.register_buffer("F_prev", F_prev, persistent=False)
 
     def init_W(self, task: RecallTask, d_model: int) -> None:
         """The trainable part of ``W``: λ (or Λ) and the fixed pattern it scales."""
@@ -118,27 +139,23 @@ class Reparam(Parameterization, name="reparam"):
             return self.lam * self.W_unit
         return self.zero.index_put((self.W_rows, self.W_cols), self.lam)
 
+    def V(self) -> Tensor:
+        return self.eye if self.s is None else self.s * self.eye
+
     def F(self) -> Tensor:
-        return self.F_fixed
+        return self.F_gamma + (self.F_prev if self.s is None else self.s * self.F_prev)
 
 
-class ReparamW(Reparam, name="reparam_w"):
-    """As ``reparam`` with a full free ``W`` (zero init)."""
+class ReparamW(Reparam):
+    """As ``Reparam`` with a full free ``W``: zero init, or ``N(0, init_std²)`` entries."""
+
+    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", value_scale: bool = False,
+                 init_std: float = 0.0):
+        self.init_std = init_std  # read by init_W, which Reparam.__init__ calls
+        super().__init__(task, d_model, feedforward, value_scale)
 
     def init_W(self, task: RecallTask, d_model: int) -> None:
-        self.W_ = nn.Parameter(torch.zeros(d_model, d_model))
+        self.W_ = free_matrix(d_model, self.init_std)
 
     def W(self) -> Tensor:
         return self.W_
-
-
-def parameterization_class(name: str) -> type[Parameterization]:
-    """Look up a registered name, or import a dotted path ``package.module.Class``."""
-    if name in PARAMETERIZATIONS:
-        return PARAMETERIZATIONS[name]
-    if (cls := import_subclass("parameterization", name, Parameterization)) is not None:
-        return cls
-    raise ValueError(
-        f"parameterization must be one of {sorted(PARAMETERIZATIONS)} or the import path of an "
-        f"icrl.recall.Parameterization subclass, got parameterization={name!r}"
-    )

@@ -25,7 +25,7 @@ from icrl.streams import (BatchStream, FixedBatches, StreamDataModule, StreamLoa
                           generator, rank_and_world)
 
 # Stream ids: independent random streams derived from one seed.
-TABLE, TRAIN, POOL, VAL = range(4)
+TABLE, TRAIN, POOL, VAL, TEST = range(5)
 
 
 def sample_labels(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mean: float = 0.0, var: float = 1.0) -> Tensor:
@@ -84,7 +84,7 @@ class TemplateRegressionDataModule(StreamDataModule):
             scores its share, so at least one prompt per process.
         ood_mean, ood_var: unseen tasks draw ``λ ~ N(ood_mean, ood_var·I)`` (paper: 1, 4).
         seed: seeds the tables ``v``, ``f``, the training pool and the training stream.
-        val_seed: seeds the validation sets.
+        val_seed: seeds the validation sets and the held-out test sets (its own stream).
         num_workers: DataLoader workers of the training stream (the stream does not depend on it).
     """
 
@@ -147,20 +147,23 @@ class TemplateRegressionDataModule(StreamDataModule):
         stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_consumed, pool)
         return self.stream_loader(stream)
 
-    def val_dataloader(self) -> list[DataLoader]:
-        """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``."""
+    def _eval_loaders(self, stream: int) -> list[DataLoader]:
         hp = self.hparams
         rank, world = rank_and_world(self.trainer)
         loaders = []
         for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)]):
-            y = sample_labels(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, VAL, i), mean, var)  # (n_val, K)
+            y = sample_labels(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, stream, i), mean, var)  # (n_val, K)
             batches = FixedBatches({"y": y}, hp.batch_size, rank, world, shared={"v": self.v, "f": self.f})
             loaders.append(DataLoader(batches, batch_size=None))
         return loaders
 
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``."""
+        return self._eval_loaders(VAL)
+
     def test_dataloader(self) -> list[DataLoader]:
-        """The validation sets (fixed by ``val_seed``): the paper's test prompts, for ``icrl test``."""
-        return self.val_dataloader()
+        """Held-out sets for ``icrl test``, as the validation sets but from their own stream of ``val_seed``."""
+        return self._eval_loaders(TEST)
 
     def state_dict(self) -> dict:
         # v and f travel with the checkpoint, so a resumed or tested model sees the same representations
