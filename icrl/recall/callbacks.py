@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from icrl.recall.metrics import BayesGap, LogitMargin, MeanProbability
+from icrl.recall.metrics import BayesGap, LogitMargin, MeanLogit, MeanMaxLogit, MeanProbability
 
 
 class RecallEvaluation(Callback):
@@ -16,7 +16,10 @@ class RecallEvaluation(Callback):
     - ``p_output_ood``: mean probability of the true output ``y`` on OOD samples (→ 1−α);
     - ``p_noise_ood``: mean probability of τ on OOD samples (→ α; noisy task only);
     - ``margin_attn``: ``ξ_{A,y} − max_{k≠y} ξ_{A,k}``; ``margin_ff``: ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}``
-      (noisy task only), in distribution.
+      (noisy task only), in distribution;
+    - ``logit_attn_y``, ``max_logit_attn``: means of ``ξ_{A,y}`` and ``max_j ξ_{A,j}`` (all tokens ``j``), and
+      ``logit_ff_tau``, ``max_logit_ff``: of ``ξ_{F,τ}`` and ``max_j ξ_{F,j}`` (noisy task only), in
+      distribution: the first version's margin figures.
 
     Works with any module whose eval steps return ``{"output": RecallOutput}`` and that has a
     ``task`` (``RecallTask``); validation dataloaders ``[in-distribution, OOD]``.
@@ -24,12 +27,13 @@ class RecallEvaluation(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         task = pl_module.task
-        names = ["bayes_gap", "ood_bayes_gap", "p_output_ood", "margin_attn"]
+        names = ["bayes_gap", "ood_bayes_gap", "p_output_ood", "margin_attn", "logit_attn_y", "max_logit_attn"]
         if task.noisy:
-            names += ["p_noise_ood", "margin_ff"]
+            names += ["p_noise_ood", "margin_ff", "logit_ff_tau", "max_logit_ff"]
         make = {"bayes_gap": lambda: BayesGap(task.bayes_risk), "ood_bayes_gap": lambda: BayesGap(task.bayes_risk),
                 "p_output_ood": MeanProbability, "p_noise_ood": MeanProbability,
-                "margin_attn": LogitMargin, "margin_ff": LogitMargin}
+                "margin_attn": LogitMargin, "margin_ff": LogitMargin, "logit_attn_y": MeanLogit,
+                "max_logit_attn": MeanMaxLogit, "logit_ff_tau": MeanLogit, "max_logit_ff": MeanMaxLogit}
         self.metrics = nn.ModuleDict({n: make[n]() for n in names})
         self.noise_token = task.noise_token
 
@@ -39,8 +43,13 @@ class RecallEvaluation(Callback):
         if dataloader_idx == 0:
             m["bayes_gap"].update(out.logits, batch["target"])
             m["margin_attn"].update(out.logits_attn, batch["output"])
+            m["logit_attn_y"].update(out.logits_attn, batch["output"])
+            m["max_logit_attn"].update(out.logits_attn)
             if "margin_ff" in m:
-                m["margin_ff"].update(out.logits_ff, torch.full_like(batch["output"], self.noise_token))
+                noise = torch.full_like(batch["output"], self.noise_token)
+                m["margin_ff"].update(out.logits_ff, noise)
+                m["logit_ff_tau"].update(out.logits_ff, noise)
+                m["max_logit_ff"].update(out.logits_ff)
         else:
             m["ood_bayes_gap"].update(out.logits, batch["target"])
             m["p_output_ood"].update(out.logits, batch["output"])

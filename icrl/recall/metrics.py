@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.nn import functional as nnf
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
 
 class _Mean(Metric):
@@ -79,3 +79,25 @@ class LogitMargin(_Mean):
         own = logits.gather(1, index[:, None]).squeeze(1)
         others = logits.scatter(1, index[:, None], float("-inf")).amax(1)
         return own - others
+
+
+class MeanLogit(MeanMetric):
+    """Mean logit ``ξ_k`` of a given token ``k`` per sample (the margin figures' ``ξ_{A,y}``, ``ξ_{F,τ}``).
+
+    >>> m = MeanLogit(); m.update(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 0])); m.compute()
+    tensor(1.5000)
+    """
+
+    def update(self, logits: Tensor, index: Tensor) -> None:
+        super().update(logits.detach().float().gather(1, index[:, None]).squeeze(1))
+
+
+class MeanMaxLogit(MeanMetric):
+    """Mean largest logit ``max_j ξ_j`` per sample, over all tokens ``j``.
+
+    >>> m = MeanMaxLogit(); m.update(torch.tensor([[3.0, 1.0], [0.0, 2.0]])); m.compute()
+    tensor(2.5000)
+    """
+
+    def update(self, logits: Tensor) -> None:
+        super().update(logits.detach().float().amax(1))
