@@ -93,9 +93,12 @@ class Check:
 
 @dataclass(frozen=True)
 class Curves:
-    """A panel: ``metric`` against training step, one line per selected run (mean, min–max over seeds)."""
+    """A panel: ``metric`` against training step, one line per selected run (mean, min–max over seeds).
 
-    metric: str
+    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric (``where`` then selects one run).
+    """
+
+    metric: str | tuple[tuple[str, str], ...]
     title: str
     ylabel: str
     where: dict = field(default_factory=dict)
@@ -103,7 +106,13 @@ class Curves:
     log: bool = True
     refs: tuple[tuple[float, str], ...] = ()  # horizontal lines: (value, label)
     ref_metrics: tuple[tuple[str, str], ...] = ()  # horizontal lines at a metric's mean end value: (metric, label)
-    x: str = "step"  # or "time": wall-clock seconds since the run's logger started
+    x: str = "step"  # or "time": wall-clock seconds since the run's logger started; or "epoch" (below)
+    epoch_steps: int = 0  # with x="epoch": steps per epoch, the value logged after step s is drawn at (s + 1) / epoch_steps
+
+    def __post_init__(self):
+        if self.x not in ("step", "time", "epoch") or (self.x == "epoch") != (self.epoch_steps > 0):
+            raise ValueError(f"Curves x={self.x!r}, epoch_steps={self.epoch_steps}: x must be 'step', 'time' or "
+                             "'epoch', and epoch_steps > 0 exactly when x='epoch'")
 
 
 @dataclass(frozen=True)
