@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from icrl.reproduce import main, run as run_module
 from icrl.reproduce.experiments import Check, experiments
@@ -116,6 +117,27 @@ def test_recall_margins_fig_logits_follow_the_reparameterization(tmp_path):
     rows = [line for line in (tmp_path / "results.md").read_text().splitlines()
             if line.startswith("| Reparam-Linear-FA (α=0.2) | `val/logit_ff_tau` |")]
     assert len(rows) == 1 and rows[0].endswith("| ✗ |")  # γ̂ + Λ < 0 = max_j ξ_F,j: τ not yet the feed-forward's argmax
+
+
+def test_regression_fig4_too_many_heads_for_the_step_size_overshoot(tmp_path):
+    from icrl.regression import TemplateRegressionDataModule
+    from icrl.regression.data import POOL, PromptStream, generator, sample_labels
+
+    main(["regression-fig4", "--quick", "--seeds", "0", "--steps", "6", "--no-progress", "--out", str(tmp_path)])
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == ["regression-fig4-instability.png",
+                                                                           "regression-fig4.png"]
+    rows = {tuple(r.split(" | ")[:2]): r for r in (tmp_path / "results.md").read_text().splitlines()
+            if r.startswith("| 1-layer, lr 3e-3")}
+    assert rows["| 1-layer, lr 3e-3 (H=1024)", "`train/loss` (max)"].endswith("| ✓ |")  # the overshoot
+    assert rows["| 1-layer, lr 3e-3 (H=64)", "`train/loss` (max)"].endswith("| ✓ |")  # none
+    assert rows["| 1-layer, lr 3e-3 (H=1024)", "`val/loss`"].endswith("| ✓ |")
+    # w = 0 at the start: the first logged loss (the checks' "first") is the first batch's mean y², for every H
+    dm = TemplateRegressionDataModule(n_train=10000)  # the config's task, seed 0
+    pool = sample_labels(dm.f, 10000, 0.01, generator(0, POOL))
+    y = PromptStream(dm.v, dm.f, 256, 0.01, 0, 0, 0, pool).batch(0)["y"]
+    for h in (8, 1024):
+        assert logged(tmp_path, f"regression-fig4-heads_heads{h}", "train/loss")[1][0] == pytest.approx(
+            y.square().mean().item(), rel=1e-5)
 
 
 def test_unknown_experiment_is_a_usage_error(tmp_path, capsys):

@@ -45,16 +45,18 @@ PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H"}
 @dataclass(frozen=True)
 class Ref:
     """A reference read from the runs: ``scale`` × the end value of ``metric`` (mean over seeds) of the
-    run selected by ``where`` (``None``: the checked run itself)."""
+    run selected by ``where`` (``None``: the checked run itself); ``at`` as in ``Check``."""
 
     metric: str
     where: dict | None = None
     scale: float = 1.0
+    at: str = "end"
 
     def describe(self) -> str:
         where = self.where or {}
         run = " of " + ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in where.items()) if where else ""
-        return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{run}"
+        at = "" if self.at == "end" else f" ({self.at})"
+        return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{at}{run}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class Check:
     """A claim of the paper on one run's end value (mean over seeds) against a reference.
 
     ``reference`` is a number (theory) or a ``Ref`` (a measured value: the ridge loss, another run).
-    ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``.
+    ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the value
+    of the run's curve that is checked, ``"end"`` (last logged), ``"first"`` or ``"max"`` (largest).
     """
 
     run: dict  # selects the run (``Run.matches``)
@@ -72,6 +75,7 @@ class Check:
     kind: str = "near"
     tol: float = 0.0
     rtol: float = 0.0
+    at: str = "end"
 
     def holds(self, value: float, reference: float | None = None) -> bool:
         ref = self.reference if reference is None else reference
