@@ -12,8 +12,9 @@ from icrl.reproduce import main, run as run_module
 from icrl.reproduce.experiments import Check, experiments
 from icrl.reproduce.results import check_rows, end_values, fmt_values, value_rows
 
-EXPERIMENTS = ["recall-fig1", "recall-eta", "recall-alpha-sweep", "recall-finite", "recall-finite-fig", "recall-margins",
-               "recall-margins-fig", "regression-fig2", "regression-fig3", "regression-fig4", "regression-fig5"]
+EXPERIMENTS = ["recall-fig1", "recall-eta", "recall-alpha-sweep", "recall-finite", "recall-finite-fig",
+               "recall-margins", "recall-margins-fig", "regression-fig2", "regression-fig3", "regression-fig4",
+               "regression-fig5"]
 TINY = ["--quick", "--seeds", "0", "--steps", "30", "--no-progress"]
 
 
@@ -105,7 +106,8 @@ def test_recall_margins_fig_logits_follow_the_reparameterization(tmp_path):
     main(["recall-margins-fig", *EIGHT_STEPS, "--fit-args=--data.n_val 256", "--out", str(tmp_path)])
     assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == [
         "recall-margins-fig-attention.png", "recall-margins-fig-feedforward.png"]
-    # Reparam-Linear-FA after 8 steps: Λ = 0.8, so ξ_A = Λ E(y) and ξ_F = (γ̂ + Λ) E(τ), γ̂ from the sample's α̂
+    # Reparam-Linear-FA after 8 steps: Λ = 0.8, so ξ_A = Λ E(y) and ξ_F = (γ̂ + Λ) E(τ), γ̂ from the sample's
+    # empirical α̂
     for alpha in (0.2, 0.5, 0.8):
         hat = RecallDataModule(alpha=alpha, context_length=64, n_samples=2048, seed=0).task["alpha_hat"]
         gamma = math.log(hat / (1 - hat))
@@ -116,7 +118,8 @@ def test_recall_margins_fig_logits_follow_the_reparameterization(tmp_path):
             assert logged(tmp_path, run, metric)[1][-1] == pytest.approx(value, abs=1e-5), (alpha, metric)
     rows = [line for line in (tmp_path / "results.md").read_text().splitlines()
             if line.startswith("| Reparam-Linear-FA (α=0.2) | `val/logit_ff_tau` |")]
-    assert len(rows) == 1 and rows[0].endswith("| ✗ |")  # γ̂ + Λ < 0 = max_j ξ_F,j: τ not yet the feed-forward's argmax
+    # γ̂ + Λ < 0 = max_j ξ_F,j: τ is not yet the feed-forward block's argmax
+    assert len(rows) == 1 and rows[0].endswith("| ✗ |")
 
 
 def test_regression_fig4_too_many_heads_for_the_step_size_overshoot(tmp_path):

@@ -111,7 +111,7 @@ class Curves:
     refs: tuple[tuple[float, str], ...] = ()  # horizontal lines: (value, label)
     ref_metrics: tuple[tuple[str, str], ...] = ()  # horizontal lines at a metric's mean end value: (metric, label)
     x: str = "step"  # or "time": wall-clock seconds since the run's logger started; or "epoch" (below)
-    epoch_steps: int = 0  # with x="epoch": steps per epoch, the value logged after step s is drawn at (s + 1) / epoch_steps
+    epoch_steps: int = 0  # with x="epoch": steps per epoch; a value logged after step s is drawn at (s+1)/epoch_steps
 
     def __post_init__(self):
         if self.x not in ("step", "time", "epoch") or (self.x == "epoch") != (self.epoch_steps > 0):

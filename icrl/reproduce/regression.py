@@ -102,10 +102,11 @@ UNSTABLE_NOTE = (
     "head attends alike, so the read-outs w of all H heads move together, and Adam moves each entry by about the "
     "step size: the prediction moves by about H γ² lr a step, and from H × lr ≈ 1 the first steps overshoot. The "
     "second figure shows it at lr 3e-3, H = 1024 against H = 64. At this config's lr 1e-4 it takes H ≈ 16000, "
-    "too large to train here (Q alone holds H·d² = 1.6·10⁸ numbers, ~20 s a step on a CPU). The search behind "
+    "too large to train in full here (Q alone holds H·d² = 1.6·10⁸ numbers). The search behind "
     "it (this code, seed 0, training loss; 'peak': the loss rising in the first steps above its start, 20.6): "
     "Adam lr 1e-4, mean of steps 200–300: H = 64 0.79, 256 0.53, 1024 0.53; H = 4096 0.57 (steps 65–95), no "
-    "peak; H = 16384: 25.2 at step 1, then 12.9, 14.4 (4 steps run); lr 1e-3: H = 64 0.54, 256 0.56, 1024 0.62, "
+    "peak (5.6 at step 7); H = 16384 (8 steps run): 25.2 at step 1, then 12.9, 14.4, 12.8, 7.7, 6.7, 7.0; "
+    "lr 1e-3: H = 64 0.54, 256 0.56, 1024 0.62, "
     "no peak; lr 3e-3: H = 64 0.58, 256 0.62 (peak 19.0), 1024 0.81 (peak 111); lr 1.2e-2, H = 256: peak 587; "
     "lr 4.8e-2, H = 64: peak 915. Plain gradient descent (torch.optim.SGD, the paper's analysis) at lr 0.1 "
     "trains H = 64 and 256 (0.55 and 0.59 after 200 steps) and diverges at H = 1024 (non-finite at step 14); "
@@ -137,8 +138,9 @@ def fig4() -> Experiment:
         runs=runs + unstable,
         figures=(Figure("regression-fig4", panels, "Figure 4: one-layer model, number of heads H (N = 30)"),
                  Figure("regression-fig4-instability",
-                        (Curves("train/loss", f"lr {UNSTABLE_LR:g}: training loss", "mean squared error", fast,
-                                legend=("heads",)),),
+                        tuple(Curves(metric, f"lr {UNSTABLE_LR:g}: {title}", "mean squared error", fast,
+                                     legend=("heads",))
+                              for metric, title in (("train/loss", "training loss"), ("val/loss", "test loss"))),
                         "Figure 4: too many heads for the step size (H × lr ≈ 3) overshoot")),
         columns=COLUMNS[:3] + COLUMNS[6:7], checks=checks,
         quick=("--trainer.max_steps", "400", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "10"),

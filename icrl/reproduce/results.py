@@ -73,7 +73,8 @@ def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
         if isinstance(ref, Ref):
             ref_run = run if ref.where is None else find_run(exp, ref.where)
             ref = ref.scale * mean_end(data.get(ref_run, {}), ref.metric, ref.at)
-        rows.append([run.label, f"`{check.metric}`" + ("" if check.at == "end" else f" ({check.at})"), fmt_values(values), check.expected(ref), check.claim,
+        metric = f"`{check.metric}`" + ("" if check.at == "end" else f" ({check.at})")
+        rows.append([run.label, metric, fmt_values(values), check.expected(ref), check.claim,
                      "✓" if check.holds(mean, ref) else "✗"])
     return rows
 
