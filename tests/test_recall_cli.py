@@ -49,7 +49,8 @@ def test_fit_logs_the_documented_scalars_to_tensorboard(run_cli, tmp_path):
 
     # every metric sits under the dataloader it was computed on, in `validate`'s list (and its table)
     in_dist, ood = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
-    assert set(in_dist) == {"val/loss", "val/expected_loss", "val/bayes_gap", "val/margin_attn", "val/margin_ff"}
+    assert set(in_dist) == {"val/loss", "val/expected_loss", "val/bayes_gap", "val/margin_attn", "val/margin_ff",
+                            "val/logit_attn_y", "val/max_logit_attn", "val/logit_ff_tau", "val/max_logit_ff"}
     assert set(ood) == {"val/ood_loss", "val/ood_expected_loss", "val/ood_bayes_gap", "val/p_output_ood",
                         "val/p_noise_ood"}
     assert in_dist["val/loss"] == pytest.approx(logged["val/loss"][-1], abs=1e-6)

@@ -1,17 +1,20 @@
 """``icrl-reproduce``: the experiment list, a tiny end-to-end run, parallel jobs, reuse, and the results table."""
 
+import json
 import math
 import re
 
 import numpy as np
 import pytest
+import torch
 
 from icrl.reproduce import main, run as run_module
 from icrl.reproduce.experiments import Check, experiments
 from icrl.reproduce.results import check_rows, end_values, fmt_values, value_rows
 
-EXPERIMENTS = ["recall-fig1", "recall-eta", "recall-alpha-sweep", "recall-finite", "recall-margins",
-               "regression-fig2", "regression-fig3", "regression-fig4", "regression-fig5"]
+EXPERIMENTS = ["recall-fig1", "recall-eta", "recall-alpha-sweep", "recall-finite", "recall-finite-fig",
+               "recall-margins", "recall-margins-fig", "regression-fig2", "regression-fig3", "regression-fig4",
+               "regression-fig5"]
 TINY = ["--quick", "--seeds", "0", "--steps", "30", "--no-progress"]
 
 
@@ -74,6 +77,70 @@ def test_parallel_jobs_match_in_process(tmp_path):
     tables = [re.sub(r"Command: .*|took \d+ s|trained in \d+ s", "", (tmp_path / d / "results.md").read_text())
               for d in ("par", "seq")]
     assert tables[0] == tables[1]
+
+
+def logged(out, config_stem: str, metric: str) -> list[list[float]]:
+    """``[steps, values]`` of ``metric`` in the one run of ``out/runs`` whose config is ``config_stem``."""
+    (found,) = (out / "runs").glob(f"{config_stem}_*/seed0/scalars.json")
+    return json.loads(found.read_text())["scalars"][metric][:2]
+
+
+EIGHT_STEPS = ["--quick", "--seeds", "0", "--no-progress", "--fit-args=--trainer.max_steps 8"]  # the epoch cadence kept
+
+
+def test_recall_finite_fig_validates_every_epoch_on_the_population_set(tmp_path):
+    main(["recall-finite-fig", *EIGHT_STEPS, "--out", str(tmp_path)])
+    assert [p.name for p in (tmp_path / "figures").glob("*.png")] == ["recall-finite-fig.png"]
+    text = (tmp_path / "results.md").read_text()
+    assert "Claims (" in text and "| Origin-ReLU-FA (α=0.5) | `val/ood_loss` |" in text
+    for model in ("Reparam-ReLU-FA", "Reparam-ReLU-W-FA", "Origin-ReLU-FA"):
+        assert f"| {model} (α=0.5) | 8 |" in text
+    # two epochs of 4 steps: one validation and one training-loss point after each
+    assert logged(tmp_path, "recall-finite-reparam-relu-fa", "val/loss")[0] == [3, 7]
+    assert logged(tmp_path, "recall-finite-origin-relu-fa", "train/loss")[0] == [3, 7]
+
+
+def test_recall_margins_fig_logits_follow_the_reparameterization(tmp_path):
+    from icrl.recall import RecallDataModule
+
+    main(["recall-margins-fig", *EIGHT_STEPS, "--fit-args=--data.n_val 256", "--out", str(tmp_path)])
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == [
+        "recall-margins-fig-attention.png", "recall-margins-fig-feedforward.png"]
+    # Reparam-Linear-FA after 8 steps: Λ = 0.8, so ξ_A = Λ E(y) and ξ_F = (γ̂ + Λ) E(τ), γ̂ from the sample's
+    # empirical α̂
+    for alpha in (0.2, 0.5, 0.8):
+        hat = RecallDataModule(alpha=alpha, context_length=64, n_samples=2048, seed=0).task["alpha_hat"]
+        gamma = math.log(hat / (1 - hat))
+        run = f"recall-finite-reparam-linear-fa_alpha{alpha}"
+        expected = {"val/logit_attn_y": 0.8, "val/max_logit_attn": 0.8, "val/logit_ff_tau": gamma + 0.8,
+                    "val/max_logit_ff": max(gamma + 0.8, 0.0)}
+        for metric, value in expected.items():
+            assert logged(tmp_path, run, metric)[1][-1] == pytest.approx(value, abs=1e-5), (alpha, metric)
+    rows = [line for line in (tmp_path / "results.md").read_text().splitlines()
+            if line.startswith("| Reparam-Linear-FA (α=0.2) | `val/logit_ff_tau` |")]
+    # γ̂ + Λ < 0 = max_j ξ_F,j: τ is not yet the feed-forward block's argmax
+    assert len(rows) == 1 and rows[0].endswith("| ✗ |")
+
+
+def test_regression_fig4_too_many_heads_for_the_step_size_overshoot(tmp_path):
+    from icrl.regression import TemplateRegressionDataModule
+    from icrl.regression.data import POOL, PromptStream, generator, sample_labels
+
+    main(["regression-fig4", "--quick", "--seeds", "0", "--steps", "6", "--no-progress", "--out", str(tmp_path)])
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == ["regression-fig4-instability.png",
+                                                                           "regression-fig4.png"]
+    rows = {tuple(r.split(" | ")[:2]): r for r in (tmp_path / "results.md").read_text().splitlines()
+            if r.startswith("| 1-layer, lr 3e-3")}
+    assert rows["| 1-layer, lr 3e-3 (H=1024)", "`train/loss` (max)"].endswith("| ✓ |")  # the overshoot
+    assert rows["| 1-layer, lr 3e-3 (H=64)", "`train/loss` (max)"].endswith("| ✓ |")  # none
+    assert rows["| 1-layer, lr 3e-3 (H=1024)", "`val/loss`"].endswith("| ✓ |")
+    # w = 0 at the start: the first logged loss (the checks' "first") is the first batch's mean y², for every H
+    dm = TemplateRegressionDataModule(n_train=10000)  # the config's task, seed 0
+    pool = sample_labels(dm.f, 10000, 0.01, generator(0, POOL))
+    y = PromptStream(dm.v, dm.f, 256, 0.01, 0, 0, 0, pool).batch(0)["y"]
+    for h in (8, 1024):
+        assert logged(tmp_path, f"regression-fig4-heads_heads{h}", "train/loss")[1][0] == pytest.approx(
+            y.square().mean().item(), rel=1e-5)
 
 
 def test_unknown_experiment_is_a_usage_error(tmp_path, capsys):

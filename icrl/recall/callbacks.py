@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from icrl.recall.metrics import BayesGap, ExpectedCrossEntropy, LogitMargin, MeanProbability
+from icrl.recall.metrics import BayesGap, ExpectedCrossEntropy, LogitMargin, MeanLogit, MeanMaxLogit, MeanProbability
 
 
 class RecallEvaluation(Callback):
@@ -18,7 +18,10 @@ class RecallEvaluation(Callback):
       ``margin_ff``: ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}``;
     - on unseen outputs (dataloader 1): ``ood_expected_loss``, ``ood_bayes_gap``, ``p_output_ood``
       (mean probability of the true output ``y``, → 1−α) and, noisy task only, ``p_noise_ood``
-      (mean probability of τ, → α).
+      (mean probability of τ, → α);
+    - in distribution too, the first version's margin figures: ``logit_attn_y``, ``max_logit_attn``, the means
+      of ``ξ_{A,y}`` and ``max_j ξ_{A,j}`` (all tokens ``j``), and, noisy task only, ``logit_ff_tau``,
+      ``max_logit_ff``, of ``ξ_{F,τ}`` and ``max_j ξ_{F,j}``.
 
     Each is logged in its own dataloader's steps, so ``trainer.validate``'s list (and its table)
     holds it under that loader. Works with any module whose eval steps return
@@ -30,18 +33,21 @@ class RecallEvaluation(Callback):
         task = pl_module.task
         expected = dict(alpha=task.alpha, noise_token=task.noise_token)
         in_dist = {"expected_loss": ExpectedCrossEntropy(**expected), "bayes_gap": BayesGap(**expected, bayes_risk=task.bayes_risk),
-                   "margin_attn": LogitMargin()}
+                   "margin_attn": LogitMargin(), "logit_attn_y": MeanLogit(), "max_logit_attn": MeanMaxLogit()}
         ood = {"ood_expected_loss": ExpectedCrossEntropy(**expected),
                "ood_bayes_gap": BayesGap(**expected, bayes_risk=task.bayes_risk), "p_output_ood": MeanProbability()}
         if task.noisy:
-            in_dist["margin_ff"], ood["p_noise_ood"] = LogitMargin(), MeanProbability()
+            in_dist.update(margin_ff=LogitMargin(), logit_ff_tau=MeanLogit(), max_logit_ff=MeanMaxLogit())
+            ood["p_noise_ood"] = MeanProbability()
         self.metrics = nn.ModuleList([nn.ModuleDict(in_dist), nn.ModuleDict(ood)])
         self.noise_token = task.noise_token
 
     def _step(self, pl_module: LightningModule, stage: str, outputs: dict, batch: dict, dataloader_idx: int) -> None:
         out, y = outputs["output"], batch["output"]
         tau = torch.full_like(y, self.noise_token)
-        inputs = {"margin_attn": (out.logits_attn, y), "margin_ff": (out.logits_ff, tau), "p_noise_ood": (out.logits, tau)}
+        attn, ff = (out.logits_attn, y), (out.logits_ff, tau)
+        inputs = {"margin_attn": attn, "logit_attn_y": attn, "max_logit_attn": attn,
+                  "margin_ff": ff, "logit_ff_tau": ff, "max_logit_ff": ff, "p_noise_ood": (out.logits, tau)}
         metrics = self.metrics[dataloader_idx].to(pl_module.device)
         for name, metric in metrics.items():
             metric.update(*inputs.get(name, (out.logits, y)))

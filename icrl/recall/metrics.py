@@ -102,3 +102,25 @@ class LogitMargin(_PerPrompt):
         own = logits.gather(1, index[:, None]).squeeze(1)
         others = logits.scatter(1, index[:, None], float("-inf")).amax(1)
         return own - others
+
+
+class MeanLogit(_PerPrompt):
+    """Mean logit ``ξ_k`` of a given token ``k`` per sample (the margin figures' ``ξ_{A,y}``, ``ξ_{F,τ}``).
+
+    >>> m = MeanLogit(); m.update(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 0])); m.compute()
+    tensor(1.5000)
+    """
+
+    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
+        return logits.gather(1, index[:, None]).squeeze(1)
+
+
+class MeanMaxLogit(_PerPrompt):
+    """Mean largest logit ``max_j ξ_j`` per sample, over all tokens ``j`` (``index`` is not used).
+
+    >>> m = MeanMaxLogit(); m.update(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 0])); m.compute()
+    tensor(2.5000)
+    """
+
+    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
+        return logits.amax(1)

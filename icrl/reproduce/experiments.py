@@ -45,16 +45,18 @@ PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H"}
 @dataclass(frozen=True)
 class Ref:
     """A reference read from the runs: ``scale`` × the end value of ``metric`` (mean over seeds) of the
-    run selected by ``where`` (``None``: the checked run itself)."""
+    run selected by ``where`` (``None``: the checked run itself); ``at`` as in ``Check``."""
 
     metric: str
     where: dict | None = None
     scale: float = 1.0
+    at: str = "end"
 
     def describe(self) -> str:
         where = self.where or {}
         run = " of " + ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in where.items()) if where else ""
-        return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{run}"
+        at = "" if self.at == "end" else f" ({self.at})"
+        return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{at}{run}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class Check:
     """A claim of the paper on one run's end value (mean over seeds) against a reference.
 
     ``reference`` is a number (theory) or a ``Ref`` (a measured value: the ridge loss, another run).
-    ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``.
+    ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the value
+    of the run's curve that is checked, ``"end"`` (last logged), ``"first"`` or ``"max"`` (largest).
     """
 
     run: dict  # selects the run (``Run.matches``)
@@ -72,6 +75,7 @@ class Check:
     kind: str = "near"
     tol: float = 0.0
     rtol: float = 0.0
+    at: str = "end"
 
     def holds(self, value: float, reference: float | None = None) -> bool:
         ref = self.reference if reference is None else reference
@@ -93,9 +97,12 @@ class Check:
 
 @dataclass(frozen=True)
 class Curves:
-    """A panel: ``metric`` against training step, one line per selected run (mean, min–max over seeds)."""
+    """A panel: ``metric`` against training step, one line per selected run (mean, min–max over seeds).
 
-    metric: str
+    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric (``where`` then selects one run).
+    """
+
+    metric: str | tuple[tuple[str, str], ...]
     title: str
     ylabel: str
     where: dict = field(default_factory=dict)
@@ -103,7 +110,13 @@ class Curves:
     log: bool = True
     refs: tuple[tuple[float, str], ...] = ()  # horizontal lines: (value, label)
     ref_metrics: tuple[tuple[str, str], ...] = ()  # horizontal lines at a metric's mean end value: (metric, label)
-    x: str = "step"  # or "time": wall-clock seconds since the run's logger started
+    x: str = "step"  # or "time": wall-clock seconds since the run's logger started; or "epoch" (below)
+    epoch_steps: int = 0  # with x="epoch": steps per epoch; a value logged after step s is drawn at (s+1)/epoch_steps
+
+    def __post_init__(self):
+        if self.x not in ("step", "time", "epoch") or (self.x == "epoch") != (self.epoch_steps > 0):
+            raise ValueError(f"Curves x={self.x!r}, epoch_steps={self.epoch_steps}: x must be 'step', 'time' or "
+                             "'epoch', and epoch_steps > 0 exactly when x='epoch'")
 
 
 @dataclass(frozen=True)

@@ -47,17 +47,21 @@ def _floor(values: np.ndarray, log: bool) -> tuple[np.ndarray, bool]:
 
 def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]) -> bool:
     clipped = False
+    metrics = panel.metric if isinstance(panel.metric, tuple) else ((panel.metric, None),)
     for run, seeds in data.items():
-        if not run.matches(panel.where) or (found := seed_curves(seeds, panel.metric, panel.x)) is None:
-            continue
-        steps, values = found
-        values, c = _floor(values, panel.log)
-        clipped |= c
-        name = line_name(run, panel.legend)
-        color = colors.setdefault(name, f"C{len(colors) % 10}")
-        ax.plot(steps, values.mean(0), color=color, label=name, lw=1.6, zorder=3)
-        if len(values) > 1:
-            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
+        for (metric, label), style in zip(metrics, ["-", "--", ":"] * 3):  # a metric drawn over another stays visible
+            if not run.matches(panel.where) or (found := seed_curves(seeds, metric, panel.x)) is None:
+                continue
+            steps, values = found
+            if panel.x == "epoch":
+                steps = (steps + 1) / panel.epoch_steps  # a value logged after step s (counted from 0)
+            values, c = _floor(values, panel.log)
+            clipped |= c
+            name = label or line_name(run, panel.legend)
+            color = colors.setdefault(name, f"C{len(colors) % 10}")
+            ax.plot(steps, values.mean(0), color=color, ls=style, label=name, lw=1.6, zorder=3)
+            if len(values) > 1:
+                ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
     refs = list(panel.refs)
     for metric, label in panel.ref_metrics:
         ends = [mean_end(seeds, metric) for run, seeds in data.items() if run.matches(panel.where)]
@@ -66,7 +70,7 @@ def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]
     for (value, label), style in zip(refs, ["--", ":", "-."] * 3):
         ax.axhline(max(value, LOSS_FLOOR) if panel.log else value, color="0.35", ls=style, lw=1.2, label=label,
                    zorder=2)  # under the runs: a run at its reference stays visible
-    ax.set_xlabel("wall-clock time (s)" if panel.x == "time" else "training step")
+    ax.set_xlabel({"time": "wall-clock time (s)", "epoch": "epoch"}.get(panel.x, "training step"))
     return clipped
 
 

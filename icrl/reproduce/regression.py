@@ -5,7 +5,7 @@ The configs under ``configs/regression/`` hold the paper's sizes (5000 Adam step
 token dimension of Fig. 3, the 4-layer baseline and Fig. 5's wall-clock budget, so that all four
 figures train in minutes on a CPU. The checks are the paper's captions: the trained model does
 ridge regression (Fig. 2), the closer N is to m the better (Fig. 3), H must be large enough for
-the one-layer model (Fig. 4) but not for a deeper one (Fig. 5).
+the one-layer model, and not too large for its step size (Fig. 4), but not for a deeper one (Fig. 5).
 """
 
 from __future__ import annotations
@@ -87,29 +87,66 @@ def heads_sweep(model: str, config: str, flag: str, heads: tuple[int, ...], x: s
     """A run of ``config`` per number of heads (set by the override ``flag``), and the panels of their
     training loss: against ``x`` (``Curves.x``), and its end value against H."""
     runs = tuple(Run(model, config, (flag, str(h)), {"heads": h}) for h in heads)
-    return runs, (Curves("train/loss", "training loss", "mean squared error", legend=("heads",), x=x),
-                  Sweep("train/loss", "heads", "end training loss against H", "mean squared error", logx=True,
-                        vlines=vlines))
+    where = {"model": model}
+    return runs, (Curves("train/loss", "training loss", "mean squared error", where, legend=("heads",), x=x),
+                  Sweep("train/loss", "heads", "end training loss against H", "mean squared error", where,
+                        logx=True, vlines=vlines))
 
 
 HEADS = (8, 16, 32, 64, 128, 256)
+UNSTABLE, UNSTABLE_LR, UNSTABLE_HEADS = "1-layer, lr 3e-3", 3e-3, (64, 1024)
+UNSTABLE_RUN = ("--model.init_args.optimizer.init_args.lr", str(UNSTABLE_LR), "--trainer.max_steps", "300",
+                "--trainer.val_check_interval", "30", "--trainer.log_every_n_steps", "1")
+UNSTABLE_NOTE = (
+    "Too many heads (the caption: they 'lead to instability') is a matter of H × step size. At the start every "
+    "head attends alike, so the read-outs w of all H heads move together, and Adam moves each entry by about the "
+    "step size: the prediction moves by about H γ² lr a step, and from H × lr ≈ 1 the first steps overshoot. The "
+    "second figure shows it at lr 3e-3, H = 1024 against H = 64. At this config's lr 1e-4 it takes H ≈ 16000, "
+    "too large to train in full here (Q alone holds H·d² = 1.6·10⁸ numbers). The search behind "
+    "it (this code, seed 0, training loss; 'peak': the loss rising in the first steps above its start, 20.6): "
+    "Adam lr 1e-4, mean of steps 200–300: H = 64 0.79, 256 0.53, 1024 0.53; H = 4096 0.57 (steps 65–95), no "
+    "peak (5.6 at step 7); H = 16384 (8 steps run): 25.2 at step 1, then 12.9, 14.4, 12.8, 7.7, 6.7, 7.0; "
+    "lr 1e-3: H = 64 0.54, 256 0.56, 1024 0.62, "
+    "no peak; lr 3e-3: H = 64 0.58, 256 0.62 (peak 19.0), 1024 0.81 (peak 111); lr 1.2e-2, H = 256: peak 587; "
+    "lr 4.8e-2, H = 64: peak 915. Plain gradient descent (torch.optim.SGD, the paper's analysis) at lr 0.1 "
+    "trains H = 64 and 256 (0.55 and 0.59 after 200 steps) and diverges at H = 1024 (non-finite at step 14); "
+    "at lr 0.3 already H = 64 diverges. A diverging run is a failed run here, so the experiment shows the "
+    "overshoot with Adam, where the run recovers, but more slowly than with fewer heads.")
 
 
 def fig4() -> Experiment:
+    paper, fast = {"model": "1-layer"}, {"model": UNSTABLE}
     checks = (
-        Check({"heads": 8}, "train/loss", Ref("train/loss", {"heads": 64}, scale=2.0),
+        Check({**paper, "heads": 8}, "train/loss", Ref("train/loss", {**paper, "heads": 64}, scale=2.0),
               "too few heads (H < N = 30) stall: H = 8 above 2 × the loss of H = 64", kind="above"),
-        Check({"heads": 16}, "train/loss", Ref("train/loss", {"heads": 64}), "H = 16 < N above H = 64", kind="above"),
+        Check({**paper, "heads": 16}, "train/loss", Ref("train/loss", {**paper, "heads": 64}),
+              "H = 16 < N above H = 64", kind="above"),
+        Check({**fast, "heads": 1024}, "train/loss", Ref("train/loss", at="first", scale=2.0),
+              "too many heads for the step size (H × lr ≈ 3): the loss jumps above 2 × its start", at="max",
+              kind="above"),
+        Check({**fast, "heads": 64}, "train/loss", Ref("train/loss", at="first"),
+              "H × lr ≈ 0.2: the loss never rises above its start", at="max", tol=1e-6),
+        Check({**fast, "heads": 1024}, "val/loss", Ref("val/loss", {**fast, "heads": 64}, scale=1.2),
+              "and converges more slowly: test loss above 1.2 × H = 64's", kind="above"),
     )
     runs, panels = heads_sweep("1-layer", "regression/fig4-heads.yaml", "--model.init_args.heads", HEADS,
                                vlines=((30, "H = N = 30"),))
+    unstable = tuple(Run(UNSTABLE, "regression/fig4-heads.yaml", ("--model.init_args.heads", str(h), *UNSTABLE_RUN),
+                         {"heads": h}) for h in UNSTABLE_HEADS)
     return Experiment(
         "regression-fig4", "1-layer training loss against the number of heads H", PAPER + ", Figure 4",
-        runs=runs,
-        figures=(Figure("regression-fig4", panels, "Figure 4: one-layer model, number of heads H (N = 30)"),),
+        runs=runs + unstable,
+        figures=(Figure("regression-fig4", panels, "Figure 4: one-layer model, number of heads H (N = 30)"),
+                 Figure("regression-fig4-instability",
+                        tuple(Curves(metric, f"lr {UNSTABLE_LR:g}: {title}", "mean squared error", fast,
+                                     legend=("heads",))
+                              for metric, title in (("train/loss", "training loss"), ("val/loss", "test loss"))),
+                        "Figure 4: too many heads for the step size (H × lr ≈ 3) overshoot")),
         columns=COLUMNS[:3] + COLUMNS[6:7], checks=checks,
         quick=("--trainer.max_steps", "400", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "10"),
-        quick_note="400 steps (full: 5000)")
+        run_quick={UNSTABLE: ("--trainer.max_steps", "60", "--trainer.val_check_interval", "10",
+                              "--trainer.log_every_n_steps", "1")},
+        quick_note=f"400 steps (full: 5000); lr {UNSTABLE_LR:g}: 60 steps (full: 300)", note=UNSTABLE_NOTE)
 
 
 HEADS_4L = (1, 2, 4, 8, 16, 32)

@@ -15,10 +15,14 @@ from icrl.reproduce.experiments import Experiment, Ref, Run
 RunSeeds = dict[int, dict]  # seed -> worker result ({"scalars": {tag: [steps, values]}, "error": ...})
 
 
-def end_values(seeds: RunSeeds, metric: str) -> np.ndarray:
-    """The last logged value of ``metric`` per seed (NaN where a seed did not log it)."""
-    return np.array([r["scalars"][metric][1][-1] if metric in r["scalars"] else math.nan for r in seeds.values()],
-                    dtype=float)
+READ = {"end": lambda v: v[-1], "first": lambda v: v[0], "max": max}  # a curve's value a check reads
+
+
+def end_values(seeds: RunSeeds, metric: str, at: str = "end") -> np.ndarray:
+    """The last (``at="first"``: first, ``"max"``: largest) logged value of ``metric`` per seed (NaN where a
+    seed did not log it)."""
+    return np.array([READ[at](r["scalars"][metric][1]) if metric in r["scalars"] else math.nan
+                     for r in seeds.values()], dtype=float)
 
 
 def fmt_number(x: float) -> str:
@@ -54,8 +58,8 @@ def nan_mean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if (~np.isnan(values)).any() else math.nan
 
 
-def mean_end(seeds: RunSeeds, metric: str) -> float:
-    return nan_mean(end_values(seeds, metric))
+def mean_end(seeds: RunSeeds, metric: str, at: str = "end") -> float:
+    return nan_mean(end_values(seeds, metric, at))
 
 
 def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
@@ -63,13 +67,14 @@ def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
     rows = []
     for check in exp.checks:
         run = find_run(exp, check.run)
-        values = end_values(data.get(run, {}), check.metric)
+        values = end_values(data.get(run, {}), check.metric, check.at)
         mean = nan_mean(values)
         ref = check.reference
         if isinstance(ref, Ref):
             ref_run = run if ref.where is None else find_run(exp, ref.where)
-            ref = ref.scale * mean_end(data.get(ref_run, {}), ref.metric)
-        rows.append([run.label, f"`{check.metric}`", fmt_values(values), check.expected(ref), check.claim,
+            ref = ref.scale * mean_end(data.get(ref_run, {}), ref.metric, ref.at)
+        metric = f"`{check.metric}`" + ("" if check.at == "end" else f" ({check.at})")
+        rows.append([run.label, metric, fmt_values(values), check.expected(ref), check.claim,
                      "✓" if check.holds(mean, ref) else "✗"])
     return rows
 
