@@ -70,19 +70,20 @@ class StopCleanly(Callback):
 
     Lightning validates when ``trainer.should_stop`` is set, so a fit shorter than
     ``val_check_interval`` still ends with one. The first SIGINT or SIGTERM only records the signal
-    (the step in progress finishes, the run validates and ``RunCheckpoint`` writes its checkpoint);
-    a second one acts as usual (Ctrl-C twice aborts). Under DDP the processes agree each step, so all
+    (the step in progress finishes, the run validates and ``RunCheckpoint`` writes its checkpoint;
+    a signal during the set-up or the sanity check stops the fit after its first step); a second one
+    acts as usual (Ctrl-C twice aborts). Under DDP the processes agree each step, so all
     stop at the same one.
     """
 
     def __init__(self):
         self.signum: int | None = None
-        self.steps_run = 0  # steps of this fit (a resumed one counts from its checkpoint)
+        self.steps_run = 0  # steps trained by this fit (0: it failed before its first one)
         self._previous: dict[int, object] = {}
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.signum, self.steps_run = None, 0
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+        if stage == "fit" and threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self._previous = {s: signal.signal(s, self._record) for s in EXIT_CODES}
 
     def _record(self, signum: int, frame) -> None:
@@ -106,7 +107,7 @@ class StopCleanly(Callback):
         if stop or 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._restore()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import re
 import shlex
 import shutil
@@ -116,6 +117,30 @@ def run_folder(ckpt_path: str | None) -> Path | None:
     return folder.parent if folder.name == "checkpoints" and (folder.parent / "hparams.yaml").is_file() else None
 
 
+def check_batch_memory(datamodule: LightningDataModule, init_args: dict) -> None:
+    """Refuses a training batch that alone would fill half of this machine's memory (``ValueError``).
+
+    The batch is drawn on the CPU before any step; past the memory, Linux kills the process rather
+    than failing an allocation, so there would be no error to report. The size of one example is
+    measured on a batch of one drawn by a copy of the data module.
+    """
+    batch_size = init_args.get("batch_size")
+    if not isinstance(batch_size, int) or not hasattr(datamodule, "train_dataloader"):
+        return
+    try:
+        batch = next(iter(type(datamodule)(**{**init_args, "batch_size": 1}).train_dataloader()))
+    except Exception:  # a data module that cannot be copied so: nothing to measure
+        return
+    tensors = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
+    per_example = sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor) and t.ndim and len(t) == 1)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if per_example * batch_size > memory / 2:
+        raise ValueError(
+            f"data.batch_size={batch_size}: one training batch takes {per_example * batch_size / 2**30:.1f} GiB "
+            f"({per_example} bytes an example), more than half of this machine's {memory / 2**30:.1f} GiB of memory; "
+            "lower data.batch_size")
+
+
 class IcrlCLI(LightningCLI):
     """LightningCLI with the data → model link, TensorBoard by default, clean stops and one-line errors."""
 
@@ -143,7 +168,12 @@ class IcrlCLI(LightningCLI):
             while isinstance(inner := err.__cause__ or (None if err.__suppress_context__ else err.__context__),
                              ValueError):  # jsonargparse wraps the constructor's own error
                 err = inner
-            self.parser.error(str(err))
+            message = str(err)
+            accelerator = self._get(self.config, "trainer", default={}).get("accelerator")
+            if isinstance(err, MisconfigurationException) and re.search("accelerator|backend", message, re.I):
+                available = ["cpu", *["cuda"] * torch.cuda.is_available(), *["mps"] * torch.backends.mps.is_available()]
+                message = f"trainer.accelerator={accelerator!r} cannot run here ({message}); available: {available} or auto"
+            self.parser.error(message)
 
     @property
     def run_config(self) -> dict:
@@ -176,9 +206,6 @@ class IcrlCLI(LightningCLI):
         trainer = self.trainer
         log_dir = Path(trainer.logger.log_dir) if trainer.logger is not None and trainer.logger.log_dir else None
         fresh = log_dir is not None and not log_dir.exists()
-        if trainer.is_global_zero and log_dir is not None:
-            print(f"icrl: logging to {log_dir}  (watch with: tensorboard --logdir {trainer.logger.root_dir})",
-                  file=sys.stderr)
         try:
             with warnings.catch_warnings():
                 for message in QUIET:
@@ -219,13 +246,22 @@ class IcrlCLI(LightningCLI):
         if ckpt_path is not None and ckpt_path not in ("last", "hpc", "registry"):
             self._check(check_resume, ckpt_path, signature, self.trainer.world_size,
                         self.trainer.accumulate_grad_batches)
+        self._check(check_batch_memory, self.datamodule, (self.run_config.get("data") or {}).get("init_args") or {})
         if self.trainer.logger is not None:  # hparams.yaml: the whole run, optimizer and attention included
             self.trainer.logger.log_hyperparams(self._hparams())
+        self._announce()
+
+    def _announce(self) -> None:
+        logger = self.trainer.logger
+        if self.trainer.is_global_zero and logger is not None and logger.log_dir:
+            print(f"icrl: logging to {logger.log_dir}  (watch with: tensorboard --logdir {logger.root_dir})",
+                  file=sys.stderr)
 
     def _before_evaluation(self) -> None:
         ckpt_path = self.run_config.get("ckpt_path")
         if ckpt_path is not None and ckpt_path not in ("last", "best", "hpc", "registry"):
             self._check(check_model, ckpt_path, run_signature(self.run_config))
+        self._announce()
 
     before_validate = before_test = _before_evaluation
 

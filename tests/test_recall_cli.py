@@ -47,7 +47,7 @@ def test_fit_logs_the_documented_scalars_to_tensorboard(run_cli, tmp_path):
     assert len(logged["train/loss"]) == 6  # written every log_every_n_steps = 10 steps, not every step
 
     # `icrl test` of the checkpoint scores the same fixed sets under test/
-    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
     tested = run_cli("test", "--config", str(FIG1 / "reparam-linear-fa.yaml"), "--data.alpha", "0.5",
                      "--data.context_length", "32", "--data.n_val", "256", "--ckpt_path", ckpt)
     for name in ["loss", "ood_loss", "bayes_gap", "p_noise_ood", "margin_attn"]:
