@@ -49,6 +49,11 @@ class RunCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return type(self).__name__  # the same key whatever the interval, so a resume may change it
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        # a checkpoint moved elsewhere only loses the record of its path: nothing to warn about
+        if state_dict.get("dirpath") == self.dirpath:
+            super().load_state_dict(state_dict)
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -70,9 +75,9 @@ class StopCleanly(Callback):
 
     Lightning validates when ``trainer.should_stop`` is set, so a fit shorter than
     ``val_check_interval`` still ends with one. The first SIGINT or SIGTERM only records the signal
-    (the step in progress finishes, the run validates and ``RunCheckpoint`` writes its checkpoint;
-    a signal during the set-up or the sanity check stops the fit after its first step); a second one
-    acts as usual (Ctrl-C twice aborts). Under DDP the processes agree each step, so all
+    (the step in progress finishes, the run validates and ``RunCheckpoint`` writes its checkpoint);
+    a second one acts as usual (Ctrl-C twice aborts). Before the first step (set-up, sanity check)
+    a signal stops the run with nothing to keep. Under DDP the processes agree each step, so all
     stop at the same one.
     """
 
@@ -83,7 +88,10 @@ class StopCleanly(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.signum, self.steps_run = None, 0
-        if stage == "fit" and threading.current_thread() is threading.main_thread():  # handlers can only be set there
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # after Lightning's own SIGTERM handler (set just before training), which would end the run with status 0
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self._previous = {s: signal.signal(s, self._record) for s in EXIT_CODES}
 
     def _record(self, signum: int, frame) -> None:
@@ -147,11 +155,21 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
         raise ValueError(f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated or corrupted?): {reason}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         raise ValueError(f"ckpt_path={str(path)!r} is not a Lightning checkpoint (no state_dict / global_step)")
     return checkpoint
+
+
+def differences(saved: dict, now: dict, keys=None) -> str:
+    """The settings that differ, as ``key=value there, value here``; empty if none.
+
+    >>> differences({"a": 1, "b": 2}, {"a": 1, "b": 3})
+    'b=2 there, 3 here'
+    """
+    keys = list(dict.fromkeys([*saved, *now])) if keys is None else keys
+    return "; ".join(f"{k}={saved.get(k)!r} there, {now.get(k)!r} here" for k in keys if saved.get(k) != now.get(k))
 
 
 def check_resume(path: str | Path, signature: dict, world_size: int, accumulate_grad_batches: int) -> None:
@@ -162,22 +180,9 @@ def check_resume(path: str | Path, signature: dict, world_size: int, accumulate_
     saved = load_checkpoint(path).get(SIGNATURE_KEY)
     if saved is None:
         return
-    now = {**signature, "world_size": world_size, "accumulate_grad_batches": accumulate_grad_batches}
-    diffs = [f"{key}={saved.get(key)!r} there, {now.get(key)!r} here"
-             for key in sorted(set(saved) | set(now), key=list({**saved, **now}).index) if saved.get(key) != now.get(key)]
+    diffs = differences(saved, {**signature, "world_size": world_size, "accumulate_grad_batches": accumulate_grad_batches})
     if diffs:
         raise ValueError(
-            f"cannot resume from {str(path)!r}: it was trained with other settings ({'; '.join(diffs)}), so the resumed "
-            "run would not continue that run (the stream of batches is keyed by process and batch). Resume with the "
+            f"cannot resume from {str(path)!r}: it was trained with other settings ({diffs}), so the resumed run "
+            "would not continue that run (the stream of batches is keyed by process and batch). Resume with the "
             "checkpoint's settings, or start a new run")
-
-
-def check_model(path: str | Path, signature: dict) -> None:
-    """For ``validate`` / ``test``: the checkpoint is readable and was trained as the model configured here."""
-    saved = load_checkpoint(path).get(SIGNATURE_KEY)
-    if saved is None:
-        return
-    diffs = [f"{key}={saved.get(key)!r} there, {signature.get(key)!r} here" for key in signature
-             if key.startswith("model.") and not key.startswith("model.optimizer") and key in saved and saved[key] != signature[key]]
-    if diffs:
-        raise ValueError(f"the checkpoint {str(path)!r} holds another model ({'; '.join(diffs)})")

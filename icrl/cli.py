@@ -29,13 +29,14 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 import icrl.recall
 import icrl.regression  # noqa: F401  (their classes are known to the parser by their short names)
 from icrl.callbacks import NonFiniteGuard, NonFiniteLossError
-from icrl.checkpoints import EXIT_CODES, RunCheckpoint, StopCleanly, check_model, check_resume, flat, run_signature
+from icrl.checkpoints import (EXIT_CODES, RunCheckpoint, StopCleanly, check_resume, differences, flat,
+                              load_checkpoint, run_signature)
 
 DESCRIPTION = """Trains and evaluates icrl models. Models (--model): icrl.recall.RecallModule,
 icrl.regression.OneLayerRegression, icrl.regression.TransformerRegression; data (--data):
@@ -45,6 +46,7 @@ REFRESH_RATE = 10  # a progress bar redrawn every step costs ~10% of a CPU recal
 # Lightning warns about any IterableDataset with a __len__ (the fixed validation sets have an exact one,
 # no workers) and, under torch 2.13, about its own use of a torch API: nothing a user can act on.
 QUIET = (r"Your `IterableDataset` has `__len__` defined", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 ALLOCATION = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
 
 
@@ -104,6 +106,7 @@ class RunConfig(SaveConfigCallback):
     """``config.yaml`` of the fit; ``validate`` / ``test`` of its checkpoint write their own file beside it."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn
         if stage != "fit":
             self.config_filename = f"{stage}-config.yaml"
         super().setup(trainer, pl_module, stage)
@@ -147,6 +150,24 @@ class IcrlCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self.argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]  # for the resume command
         super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyper-parameters while parsing: a broken file is a bad setting
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config.get(subcommand or "", {}).get("ckpt_path")
+        if ckpt_path is None or ckpt_path in CKPT_NAMES:
+            return super()._parse_ckpt_path()
+        try:
+            load_checkpoint(ckpt_path)
+        except ValueError as err:
+            self.parser.error(str(err))
+        given = run_signature(self.config[subcommand].as_dict())
+        super()._parse_ckpt_path()  # the checkpoint's model settings replace the configured ones
+        saved = run_signature(self.config[subcommand].as_dict())
+        diffs = differences(saved, given, [k for k in saved if k.startswith("model.")])
+        if subcommand == "fit" and diffs:  # validate / test: the checkpoint is the model to score
+            self.parser.error(f"cannot resume from {ckpt_path!r}: it holds another model ({diffs}); the checkpoint's "
+                              "model settings would silently replace these. Resume with its settings")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -213,14 +234,19 @@ class IcrlCLI(LightningCLI):
                 super()._run_subcommand(subcommand)
         except NonFiniteLossError:
             raise
+        except SIGTERMException:  # Lightning's, before training started: it would exit with status 0
+            print("icrl: stopped by SIGTERM before the first step; nothing kept", file=sys.stderr)
+            sys.exit(EXIT_CODES[signal.SIGTERM])
         except (ValueError, MisconfigurationException, MemoryError, RuntimeError) as err:
             if isinstance(err, RuntimeError) and not (isinstance(err, torch.OutOfMemoryError) or ALLOCATION.search(str(err))):
                 raise
             stop = self._callback(StopCleanly)
             if stop is not None and stop.steps_run:
                 raise  # a failure while training is not a bad setting
-            if fresh and log_dir.exists() and not any(log_dir.rglob("*.ckpt")):
-                shutil.rmtree(log_dir)  # this run made it and wrote nothing but its logger's header
+            if fresh and trainer.is_global_zero and log_dir.exists() and not any(log_dir.rglob("*.ckpt")):
+                shutil.rmtree(log_dir, ignore_errors=True)  # this run made it and wrote nothing but its logger's header
+            if not trainer.is_global_zero:
+                sys.exit(2)  # every process found it; one says so
             self.parser.error(self._setting_error(err))
 
     def _setting_error(self, err: BaseException) -> str:
@@ -243,7 +269,7 @@ class IcrlCLI(LightningCLI):
         if checkpoint is not None:
             checkpoint.signature = signature
         ckpt_path = self.run_config.get("ckpt_path")
-        if ckpt_path is not None and ckpt_path not in ("last", "hpc", "registry"):
+        if ckpt_path is not None and ckpt_path not in CKPT_NAMES:
             self._check(check_resume, ckpt_path, signature, self.trainer.world_size,
                         self.trainer.accumulate_grad_batches)
         self._check(check_batch_memory, self.datamodule, (self.run_config.get("data") or {}).get("init_args") or {})
@@ -258,9 +284,6 @@ class IcrlCLI(LightningCLI):
                   file=sys.stderr)
 
     def _before_evaluation(self) -> None:
-        ckpt_path = self.run_config.get("ckpt_path")
-        if ckpt_path is not None and ckpt_path not in ("last", "best", "hpc", "registry"):
-            self._check(check_model, ckpt_path, run_signature(self.run_config))
         self._announce()
 
     before_validate = before_test = _before_evaluation
