@@ -9,7 +9,6 @@ continues where it stopped from the number of batches it consumed alone.
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import numpy as np
 import torch
@@ -17,19 +16,25 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-# Lightning warns about any IterableDataset with a __len__, since workers could make it wrong; the
-# loaders of FixedBatches have no workers, so their length is exact.
-warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-
 
 def generator(*key: int) -> torch.Generator:
     """A CPU generator seeded from an integer key (64 bits of a ``numpy.random.SeedSequence``).
 
+    The entropy is the key's length, then each entry (``0 <= k < 2^64``) as two 32-bit words, so two
+    keys seed the same generator only if they are equal: ``SeedSequence`` pads short entropy with
+    zeros and splits large integers into words, so the plain key would give ``(7, 1)`` the stream of
+    ``(7, 1, 0, 0)``.
+
     >>> x = torch.rand(2, generator=generator(0, 1, 5))
     >>> torch.equal(x, torch.rand(2, generator=generator(0, 1, 5))), torch.equal(x, torch.rand(2, generator=generator(0, 1, 6)))
     (True, False)
+    >>> torch.equal(x, torch.rand(2, generator=generator(0, 1, 5, 0)))
+    False
     """
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    if not all(0 <= int(k) < 1 << 64 for k in key):
+        raise ValueError(f"stream keys must be integers in [0, 2^64), got {key}")
+    words = [int(k) >> shift & 0xFFFFFFFF for k in key for shift in (0, 32)]
+    state = np.random.SeedSequence([len(key), *words]).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 

@@ -1,5 +1,7 @@
 """``RecallImages``: attention and margin pictures in TensorBoard, every validation."""
 
+import re
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -43,8 +45,10 @@ def test_every_n_is_validated():
         RecallImages(every_n=0)
 
 
-def test_a_prompt_beyond_the_first_validation_batch_is_refused(run_cli):
-    with pytest.raises(ValueError, match=r"prompt must be < 64, .*got prompt=64"):
+def test_a_prompt_beyond_the_first_validation_batch_is_refused(run_cli, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # found in the callback's setup: a CLI error, before any step
         run_cli("fit", "--config", str(ROOT / "configs/recall/fig1/reparam-linear-fa.yaml"), "--data.n_val", "64",
                 "--trainer.max_steps", "2", "--trainer.callbacks+=icrl.recall.images.RecallImages",
                 "--trainer.callbacks.prompt=64")
+    assert exit_info.value.code == 2
+    assert re.search(r"prompt must be < 64, .*got prompt=64", capsys.readouterr().err)

@@ -56,7 +56,7 @@ def test_fit_logs_the_documented_scalars_to_tensorboard(run_cli, tmp_path):
     assert in_dist["val/loss"] == pytest.approx(logged["val/loss"][-1], abs=1e-6)
 
     # `icrl test` of the checkpoint scores its own held-out sets under test/: other prompts, the same population
-    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
     tested = run_cli("test", "--config", str(FIG1 / "reparam-linear-fa.yaml"), "--data.alpha", "0.5",
                      "--data.context_length", "32", "--data.n_val", "256", "--ckpt_path", ckpt)
     test_metrics, val_metrics = tested.trainer.callback_metrics, cli.trainer.callback_metrics

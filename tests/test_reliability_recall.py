@@ -69,7 +69,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(guard,
     # SGD at lr 1e20: the loss of the third step is the first NaN; the message counts steps from 1
     with pytest.raises(NonFiniteLossError, match=r"train/loss = nan at step 3;.*lr=\[1e\+20\]"):
         run_cli("fit", "--config", ORIGIN, *SMALL, "--model.optimizer", "torch.optim.SGD",
-                "--model.optimizer.lr", "1e20", "--trainer.max_steps", "50", "--trainer.val_check_interval", "2",
+                "--model.optimizer.lr", "1e20", "--trainer.max_steps", "50", "--checkpoint_every_n_steps", "2",
                 *guard)
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert len(ckpts) == 1
@@ -98,13 +98,17 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli
     common = ["--config", config, *SMALL, "--data.alpha", "0.2", "--trainer.val_check_interval", "10"]
     full = end_metrics(run_cli("fit", *common, "--trainer.max_steps", "20"))
     half = run_cli("fit", *common, "--trainer.max_steps", "10")
-    ckpt = half.trainer.checkpoint_callback.best_model_path
+    ckpt = half.trainer.checkpoint_callback.last_model_path
+    state = torch.load(ckpt, weights_only=True)  # before the resumed run, logging into its folder, rewrites it
     resumed = end_metrics(run_cli("fit", *common, "--trainer.max_steps", "20", "--ckpt_path", ckpt))
     assert full.keys() == resumed.keys()
     for key in full:
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
-    # negative control: resumed with the stream restarted at batch 0, the run differs (so the check can fail)
-    state = torch.load(ckpt, weights_only=True)
+    # negative control: resumed with the stream restarted at batch 0, the run differs (so the check can fail).
+    # Origin only: Reparam's λ moves by lr each step whatever the batch (NormalizedGD on one scalar), so there
+    # only the last batch's train/loss sees the stream, equal for two batches with as many noise targets.
+    if config != ORIGIN:
+        return
     assert state["RecallDataModule"]["batches_consumed"] == 10
     state["RecallDataModule"]["batches_consumed"] = 0
     torch.save(state, restarted := tmp_path / "restarted.ckpt")
@@ -123,7 +127,7 @@ def test_same_seed_same_metrics_and_different_seed_different_stream(run_cli):
 def test_checkpoint_loads_with_weights_only(run_cli, tmp_path):
     cli = run_cli("fit", "--config", CFG, *SMALL, "--data.alpha", "0.2", "--trainer.max_steps", "5",
                   "--trainer.val_check_interval", "5")
-    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
     model = RecallModule.load_from_checkpoint(ckpt, weights_only=True)
     assert model.task == RecallTask(alpha=0.2, context_length=32)
     torch.testing.assert_close(model.model.param.lam, cli.model.model.param.lam)

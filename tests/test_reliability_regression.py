@@ -83,7 +83,7 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli
     common = ["--config", *config, "--trainer.val_check_interval", "5"]
     full = end_metrics(run_cli("fit", *common, "--trainer.max_steps", "10"))
     half = run_cli("fit", *common, "--trainer.max_steps", "5")
-    ckpt = half.trainer.checkpoint_callback.best_model_path
+    ckpt = half.trainer.checkpoint_callback.last_model_path
     resumed = run_cli("fit", *common, "--trainer.max_steps", "10", "--ckpt_path", ckpt)
     assert resumed.trainer.global_step == 10
     end = end_metrics(resumed)
@@ -94,7 +94,7 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli
 
 def test_checkpoint_holds_the_tables_and_the_stream_position(run_cli, tmp_path):
     cli = run_cli("fit", "--config", *ONE_LAYER, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3")
-    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
     state = torch.load(ckpt, weights_only=True)["TemplateRegressionDataModule"]
     assert state["batches_consumed"] == 3
     torch.testing.assert_close(state["v"], cli.datamodule.v, rtol=0, atol=0)
@@ -142,7 +142,7 @@ def test_same_seed_same_metrics_and_different_seed_different_stream(run_cli):
                          ids=["one-layer", "transformer"])
 def test_checkpoint_loads_with_weights_only(config, cls, run_cli):
     cli = run_cli("fit", "--config", *config, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2")
-    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
     model = cls.load_from_checkpoint(ckpt, weights_only=True)
     assert model.hparams.task == cli.datamodule.task
     for (name, p), q in zip(model.named_parameters(), cli.model.parameters()):

@@ -62,6 +62,13 @@ class _XRmatvec(torch.autograd.Function):
         ctx.save_for_backward(tokens)
         ctx.N = N
         out = w.new_zeros(w.shape[0], d)  # (B, d)
+        if torch.are_deterministic_algorithms_enabled():
+            # one 1-D index_add over the flat (B·d) output, deterministic on CUDA too (the 2-D scatter_add_
+            # is not, on every torch version); on a CPU it adds in the same order, so the same numbers
+            rows = torch.arange(w.shape[0], device=w.device)[:, None] * d  # (B, 1)
+            index = torch.cat([tokens, tokens[:, :-1] + N], 1) + rows  # (B, 2T-1)
+            out.view(-1).index_add_(0, index.flatten(), torch.cat([w, w[:, 1:]], 1).flatten())
+            return out
         out.scatter_add_(1, tokens, w)  # Σ_h w_h E(z_h)
         out[:, N:].scatter_add_(1, tokens[:, :-1], w[:, 1:])  # + Σ_{h≥1} w_h Ẽ(z_{h-1})
         return out

@@ -1,0 +1,188 @@
+"""Runs that can be stopped and resumed exactly: the run's checkpoint, clean stops, resume checks.
+
+Every ``icrl fit`` writes ``<log_dir>/checkpoints/last.ckpt`` (``log_dir`` is the TensorBoard
+version folder): every ``every_n_steps`` steps, at the end of the fit and when it is stopped by
+SIGINT or SIGTERM. Each write goes to a temporary file renamed over the old one, so a process
+killed mid-write (``kill -9``) leaves the previous checkpoint intact. A checkpoint records what the
+run was (``run_signature``); a resume under another world size, batch size, data or model config
+is refused before step 0 (``check_resume``), since the training stream is keyed by rank and batch
+and the resumed run would silently be another run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+SIGNATURE_KEY = "icrl_run"  # the checkpoint entry holding ``run_signature``
+# Settings a resume may change without changing the run: the stream is the same for any number of
+# workers, and validation metrics are sums over examples whatever the batching.
+FREE_SETTINGS = ("data.num_workers", "data.val_batch_size")
+DERIVED = "model.task."  # linked from the data settings
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` in the run's ``checkpoints/`` folder: every ``every_n_steps`` steps and at the end.
+
+    ``every_n_steps=None`` writes it at the end (and on a stop) only. The end of a fit is also the
+    end of a stopped one (``StopCleanly``), so a stopped run keeps its last step.
+    """
+
+    def __init__(self, every_n_steps: int | None = 500):
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"checkpoint_every_n_steps must be >= 1 or null (only at the end), got {every_n_steps}")
+        super().__init__(save_last=True, save_top_k=0, every_n_train_steps=every_n_steps or 0,
+                         enable_version_counter=False)
+        self.signature: dict = {}  # set by the CLI before fit: what the run is (see ``run_signature``)
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__  # the same key whatever the interval, so a resume may change it
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # a checkpoint moved elsewhere only loses the record of its path: nothing to warn about
+        if state_dict.get("dirpath") == self.dirpath:
+            super().load_state_dict(state_dict)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        checkpoint[SIGNATURE_KEY] = {**self.signature, "world_size": trainer.world_size,
+                                     "accumulate_grad_batches": trainer.accumulate_grad_batches}
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        part = f"{filepath}.part"
+        super()._save_checkpoint(trainer, part)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(part, filepath)
+        self._last_checkpoint_saved = filepath
+
+
+class StopCleanly(Callback):
+    """Ends every fit at a step boundary with a validation: at ``max_steps``, or after SIGINT / SIGTERM.
+
+    Lightning validates when ``trainer.should_stop`` is set, so a fit shorter than
+    ``val_check_interval`` still ends with one. The first SIGINT or SIGTERM only records the signal
+    (the step in progress finishes, the run validates and ``RunCheckpoint`` writes its checkpoint);
+    a second one acts as usual (Ctrl-C twice aborts). Before the first step (set-up, sanity check)
+    a signal stops the run with nothing to keep. Under DDP the processes agree each step, so all
+    stop at the same one.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.steps_run = 0  # steps trained by this fit (0: it failed before its first one)
+        self._previous: dict[int, object] = {}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.signum, self.steps_run = None, 0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # after Lightning's own SIGTERM handler (set just before training), which would end the run with status 0
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {s: signal.signal(s, self._record) for s in EXIT_CODES}
+
+    def _record(self, signum: int, frame) -> None:
+        self.signum = signum
+        self._restore()
+        print(f"icrl: {signal.Signals(signum).name} received: stopping after this step "
+              "(send it again to abort without a checkpoint)", file=sys.stderr, flush=True)
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.steps_run += 1
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if stop and self.signum is None:  # another process was signalled
+                self.signum = signal.SIGTERM
+        if stop or 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+
+def run_signature(config: dict) -> dict:
+    """What makes a run this run, from the CLI config: the model and data settings, flat.
+
+    >>> run_signature({"model": {"class_path": "M", "init_args": {"d_model": 8}}, "data": {"init_args": {"seed": 0}}})
+    {'model.class_path': 'M', 'model.d_model': 8, 'data.seed': 0}
+    """
+    return {key: value for key, value in flat({k: config.get(k) for k in ("model", "data")}).items()
+            if key not in FREE_SETTINGS and not key.startswith(DERIVED)}
+
+
+def flat(tree, prefix: str = "") -> dict:
+    """Nested dicts as one dict of dotted keys; ``init_args`` levels are left out of the names.
+
+    >>> flat({"a": {"init_args": {"b": 1, "c": [2]}}, "d": None})
+    {'a.b': 1, 'a.c': [2], 'd': None}
+    """
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    items = {}
+    for key, value in tree.items():
+        name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else str(key)
+        items.update(flat(value, name) if isinstance(value, dict) and value else {name: value})
+    return items
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The checkpoint at ``path``, loaded as ``weights_only`` on the CPU; ``ValueError`` naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"ckpt_path={str(path)!r}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise ValueError(f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated or corrupted?): {reason}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+        raise ValueError(f"ckpt_path={str(path)!r} is not a Lightning checkpoint (no state_dict / global_step)")
+    return checkpoint
+
+
+def differences(saved: dict, now: dict, keys=None) -> str:
+    """The settings that differ, as ``key=value there, value here``; empty if none.
+
+    >>> differences({"a": 1, "b": 2}, {"a": 1, "b": 3})
+    'b=2 there, 3 here'
+    """
+    keys = list(dict.fromkeys([*saved, *now])) if keys is None else keys
+    return "; ".join(f"{k}={saved.get(k)!r} there, {now.get(k)!r} here" for k in keys if saved.get(k) != now.get(k))
+
+
+def check_resume(path: str | Path, signature: dict, world_size: int, accumulate_grad_batches: int) -> None:
+    """Refuses to resume from ``path`` a run other than the one it saved: ``ValueError`` naming the differences.
+
+    A checkpoint without a signature (not written by ``RunCheckpoint``) is only checked for being readable.
+    """
+    saved = load_checkpoint(path).get(SIGNATURE_KEY)
+    if saved is None:
+        return
+    diffs = differences(saved, {**signature, "world_size": world_size, "accumulate_grad_batches": accumulate_grad_batches})
+    if diffs:
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: it was trained with other settings ({diffs}), so the resumed run "
+            "would not continue that run (the stream of batches is keyed by process and batch). Resume with the "
+            "checkpoint's settings, or start a new run")

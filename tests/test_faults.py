@@ -1,0 +1,326 @@
+"""Fault injection through the ``icrl`` console script: stopped and killed runs, broken and foreign
+checkpoints, mismatched resumes, bad settings; each must end in an exact resume or in one clear line."""
+
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import ROOT, end_metrics
+from icrl.checkpoints import check_resume
+from icrl.recall.model import ContextInputs
+from icrl.streams import generator
+
+ORIGIN = str(ROOT / "configs" / "recall" / "fig1" / "origin-linear-fa.yaml")
+REGRESSION = str(ROOT / "configs" / "regression" / "fig2-1layer.yaml")
+# α = 0.2: Origin's weights see every batch, so a resume at the wrong place in the stream would show
+SMALL = ["--data.context_length", "16", "--data.batch_size", "8", "--model.d_model", "128", "--data.n_val", "64",
+         "--data.alpha", "0.2"]
+REGRESSION_SMALL = ["--data.n_tokens", "12", "--data.n_labelled", "4", "--data.token_dim", "6", "--data.n_basis", "3",
+                    "--data.batch_size", "8", "--data.n_train", "64", "--data.n_val", "24", "--model.heads", "4",
+                    "--model.optimizer.lr", "0.01"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+ICRL = Path(sys.executable).with_name("icrl")  # the console script of this environment
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def icrl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ICRL), *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def last_ckpt(root: Path) -> Path:
+    return root / "lightning_logs" / "recall" / "fig1" / "origin-linear-fa" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def started(root: Path, *args: str) -> subprocess.Popen:
+    """``icrl fit`` running in the background; returns once its first periodic checkpoint is on disk."""
+    proc = subprocess.Popen([str(ICRL), "fit", *args, "--trainer.default_root_dir", str(root)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not last_ckpt(root).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.02)
+    return proc
+
+
+def val_scalars(log_dir: Path) -> dict[str, tuple[int, float]]:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: (acc.Scalars(tag)[-1].step, acc.Scalars(tag)[-1].value) for tag in acc.Tags()["scalars"]
+            if tag.startswith("val/")}
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    sa, sb = (torch.load(p, weights_only=True)["state_dict"] for p in (a, b))
+    assert sa.keys() == sb.keys()
+    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
+
+
+def test_sigterm_and_kill_9_runs_resume_exactly(tmp_path):
+    common = ["--config", ORIGIN, *SMALL, *QUIET, "--trainer.val_check_interval", "50",
+              "--trainer.log_every_n_steps", "5", "--checkpoint_every_n_steps", "10"]
+    endless = [*common, "--trainer.max_steps", "100000"]
+
+    # SIGTERM: the run stops at a step boundary, writes last.ckpt and prints the command that resumes it
+    proc = started(tmp_path / "term", *endless)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    term = last_ckpt(tmp_path / "term")
+    stopped_at = torch.load(term, weights_only=True)["global_step"]
+    assert f"icrl: checkpoint at step {stopped_at}: {term}" in err
+    resume = shlex.split(err.split("resume with: ")[1].splitlines()[0])
+    assert resume[0] == "icrl" and resume[-2:] == ["--ckpt_path", str(term)]
+
+    # kill -9: nothing runs at the end; the last periodic checkpoint is whole (written to a temporary, renamed)
+    proc = started(tmp_path / "kill", *endless)
+    proc.kill()
+    proc.communicate(timeout=60)
+    killed = last_ckpt(tmp_path / "kill")
+    killed_at = torch.load(killed, weights_only=True)["global_step"]
+    assert killed_at > 0 and killed_at % 10 == 0
+
+    # both resume to the same end as one uninterrupted run; the end (not a multiple of the intervals)
+    # still gets its validation and its checkpoint
+    end = str(max(stopped_at, killed_at) + 13)
+    assert icrl(*resume[1:], "--trainer.max_steps", end).returncode == 0
+    assert icrl("fit", *common, "--trainer.max_steps", end, "--ckpt_path", str(killed),
+                "--trainer.default_root_dir", str(tmp_path / "kill")).returncode == 0
+    assert icrl("fit", *common, "--trainer.max_steps", end, "--trainer.default_root_dir",
+                str(tmp_path / "full")).returncode == 0
+    full = last_ckpt(tmp_path / "full")
+    for ckpt in (term, killed):
+        assert torch.load(ckpt, weights_only=True)["global_step"] == int(end)
+        assert max_weight_diff(ckpt, full) <= 1e-6
+        # one run folder: the resumed run logged on into the checkpoint's own version folder
+        assert [p.name for p in ckpt.parents[2].iterdir()] == ["version_0"]
+        resumed, uninterrupted = val_scalars(ckpt.parents[1]), val_scalars(full.parents[1])
+        assert resumed.keys() == uninterrupted.keys() and "val/loss" in resumed
+        for tag, (step, value) in uninterrupted.items():
+            assert resumed[tag][0] == step  # the same last validation
+            assert resumed[tag][1] == pytest.approx(value, abs=1e-6), tag
+
+
+def test_sigint_stops_with_status_130_and_a_checkpoint(tmp_path):
+    proc = started(tmp_path, "--config", ORIGIN, *SMALL, *QUIET, "--trainer.max_steps", "100000",
+                   "--checkpoint_every_n_steps", "5")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped by SIGINT; resume with: icrl fit" in err and "Traceback" not in err
+    state = torch.load(last_ckpt(tmp_path), weights_only=True)
+    assert state["global_step"] > 0 and state["RecallDataModule"]["batches_consumed"] == state["global_step"]
+
+
+@pytest.mark.parametrize("args, config", [(SMALL, ORIGIN), (REGRESSION_SMALL, REGRESSION)], ids=["recall", "regression"])
+def test_a_short_fit_ends_with_a_validation_and_a_checkpoint_that_resumes_exactly(args, config, run_cli, tmp_path):
+    common = ["--config", config, *args, "--trainer.val_check_interval", "100"]  # never reached
+    half = run_cli("fit", *common, "--trainer.max_steps", "7")
+    assert "val/loss" in half.trainer.callback_metrics
+    ckpt = Path(half.trainer.checkpoint_callback.last_model_path)
+    assert ckpt == Path(half.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 7
+    resumed = run_cli("fit", *common, "--trainer.max_steps", "14", "--ckpt_path", str(ckpt))
+    assert resumed.trainer.logger.log_dir == half.trainer.logger.log_dir
+    full = run_cli("fit", *common, "--trainer.max_steps", "14")
+    a, b = end_metrics(resumed), end_metrics(full)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert max_weight_diff(ckpt, Path(full.trainer.checkpoint_callback.last_model_path)) <= 1e-6
+
+
+BROKEN = {
+    "truncated": lambda good, path: path.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2]),
+    "corrupted": lambda good, path: path.write_bytes(bytes(b ^ 0x5A for b in good.read_bytes())),
+    "foreign": lambda good, path: torch.save({"weights": torch.zeros(3)}, path),
+    "missing": lambda good, path: None,
+}
+BROKEN_MESSAGES = {"truncated": "is not a readable checkpoint", "corrupted": "is not a readable checkpoint",
+                   "foreign": "is not a Lightning checkpoint", "missing": "no such file"}
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("good")
+    assert icrl("fit", "--config", ORIGIN, *SMALL, *QUIET, "--trainer.max_steps", "3",
+                "--trainer.default_root_dir", str(root)).returncode == 0
+    return last_ckpt(root)
+
+
+@pytest.mark.parametrize("command, fault", [*(("fit", fault) for fault in BROKEN), ("validate", "truncated")])
+def test_broken_checkpoint_is_one_line_naming_the_file(command, fault, good_checkpoint, tmp_path):
+    path = tmp_path / "run.ckpt"
+    BROKEN[fault](good_checkpoint, path)
+    proc = icrl(command, "--config", ORIGIN, *SMALL, *QUIET, "--ckpt_path", str(path),
+                "--trainer.default_root_dir", str(tmp_path))
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [errors[0]] and f"ckpt_path='{path}'" in errors[0] and BROKEN_MESSAGES[fault] in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "lightning_logs").exists()
+
+
+MISMATCHES = {
+    "batch size": (["--data.batch_size", "16"], "data.batch_size=8 there, 16 here"),
+    "data config": (["--data.alpha", "0.3"], "data.alpha=0.2 there, 0.3 here"),
+    "data seed": (["--data.seed", "1"], "data.seed=0 there, 1 here"),
+    "model": (["--model.d_model", "256"], "model.d_model=128 there, 256 here"),
+    "gradient accumulation": (["--trainer.accumulate_grad_batches", "2"], "accumulate_grad_batches=1 there, 2 here"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_resume_under_other_settings_is_refused_before_step_0(case, run_cli, good_checkpoint, capsys, tmp_path):
+    args, message = MISMATCHES[case]
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(good_checkpoint.read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", ORIGIN, *SMALL, *args, "--trainer.max_steps", "6", "--ckpt_path", str(ckpt))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume from '{ckpt}'" in err and message in err and "Traceback" not in err
+    assert ckpt.read_bytes() == good_checkpoint.read_bytes()  # nothing trained, nothing written
+    # a performance-only setting may change: the stream is the same for any number of workers
+    run_cli("fit", "--config", ORIGIN, *SMALL, "--data.val_batch_size", "16", "--trainer.max_steps", "4",
+            "--ckpt_path", str(ckpt))
+
+
+def test_resume_under_another_world_size_is_refused(good_checkpoint):
+    from icrl.checkpoints import load_checkpoint
+
+    signature = {k: v for k, v in load_checkpoint(good_checkpoint)["icrl_run"].items()
+                 if k not in ("world_size", "accumulate_grad_batches")}
+    check_resume(good_checkpoint, signature, 1, 1)
+    with pytest.raises(ValueError, match="world_size=1 there, 2 here"):
+        check_resume(good_checkpoint, signature, 2, 1)
+
+
+def test_setup_error_under_ddp_is_one_line(tmp_path):
+    # each of 2 processes validates a share of n_val = 1 prompts: found in the data module's setup
+    proc = icrl("fit", "--config", ORIGIN, *SMALL, *QUIET, "--data.n_val", "1", "--trainer.accelerator", "cpu",
+                "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.count("icrl: error: n_val must be >= the number of processes = 2") == 1
+    assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("events.*"))
+
+
+BAD = {
+    "negative max_steps": (["--trainer.max_steps", "-5"], "`max_steps` must be a non-negative integer or -1"),
+    "no such accelerator": (["--trainer.accelerator", "gpu"], "trainer.accelerator='gpu' cannot run here"),
+    "batch beyond memory": (["--data.batch_size", "100000000"], "data.batch_size=100000000: one training batch takes"),
+    "mistyped option": (["--data.alpah", "0.5"], "Option 'alpah' is not accepted by icrl.recall.RecallDataModule "
+                                                 "(--data.alpah); did you mean alpha?"),
+    "top-level optimizer": (["--optimizer", "Adam"], "the optimizer is the model's setting"),
+    "bad checkpoint interval": (["--checkpoint_every_n_steps", "0"], "checkpoint_every_n_steps must be >= 1 or null"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_setting_is_one_line_and_writes_nothing(case, tmp_path):
+    if case == "no such accelerator" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args, message = BAD[case]
+    proc = icrl("fit", "--config", ORIGIN, *QUIET, *args, "--trainer.default_root_dir", str(tmp_path))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("icrl: error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # no run folder, no checkpoint
+
+
+def test_tensorboard_gets_the_hparams_and_validate_stays_in_the_run_folder(run_cli, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = run_cli("fit", "--config", ORIGIN, *SMALL, "--trainer.max_steps", "4")
+        log_dir = Path(cli.trainer.logger.log_dir)
+        run_cli("fit", "--config", ORIGIN, *SMALL, "--trainer.max_steps", "6", "--ckpt_path",
+                str(log_dir / "checkpoints" / "last.ckpt"))
+        run_cli("validate", "--config", ORIGIN, *SMALL, "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt"))
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    assert [p.name for p in log_dir.parent.iterdir()] == ["version_0"]
+    assert (log_dir / "validate-config.yaml").is_file() and "max_steps: 6" in (log_dir / "config.yaml").read_text()
+    hparams_yaml = (log_dir / "hparams.yaml").read_text()
+    assert "model.optimizer.class_path: icrl.optim.NormalizedGD" in hparams_yaml
+    assert "model.attention: linear" in hparams_yaml
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    values = {k: v.string_value or v.number_value for k, v in session.hparams.items()}
+    assert values["model.optimizer.lr"] == pytest.approx(0.1) and values["model.attention"] == "linear"
+    assert values["model.optimizer.class_path"] == "icrl.optim.NormalizedGD" and values["data.alpha"] == 0.2
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {"val/loss", "val/ood_loss", "train/loss"} <= {m.name.tag for m in experiment.metric_infos}
+
+
+def test_help_names_the_modules_and_takes_short_class_names(capsys):
+    from icrl.cli import cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--model.help", "RecallModule"])
+    assert exit_info.value.code == 0 and "--model.d_model" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "icrl.recall.RecallModule" in out and "icrl.regression.TemplateRegressionDataModule" in out
+    assert "--optimizer" not in out.replace("--model.optimizer", "")  # one place for the optimizer: the model
+
+
+SIDE_EFFECTS = """
+import os, warnings, lightning.pytorch.cli, torchmetrics, torch.utils.tensorboard.summary
+n = len(warnings.filters)  # the libraries icrl uses install filters of their own on import: count after them
+import icrl.cli, icrl.streams, icrl.recall, icrl.regression
+imported = len(warnings.filters) - n
+icrl.cli.cli_main(["fit", "--config", {config!r}, *{args!r}])
+ours = [f for f in warnings.filters if f[1] is not None and re.search("IterableDataset|LeafSpec", f[1].pattern)]
+print(imported, len(ours), "TQDM_MINITERS" in os.environ)
+"""
+
+
+def test_no_process_wide_side_effects(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "TQDM_MINITERS"}
+    args = [*SMALL, *QUIET, "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-c", "import re" + SIDE_EFFECTS.format(config=ORIGIN, args=args)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.stdout.split()[-3:] == ["0", "0", "False"], proc.stderr[-2000:]
+
+
+def test_stream_keys_do_not_collide():
+    # SeedSequence pads short entropy with zeros: keyed by the entries alone these pairs would be equal
+    for short, padded in [((7, 1), (7, 1, 0, 0)), ((7,), (7, 0, 0, 0)), ((0,), ()), ((1 << 32,), (0, 1))]:
+        a, b = torch.rand(4, generator=generator(*short)), torch.rand(4, generator=generator(*padded))
+        assert not torch.equal(a, b), (short, padded)
+    with pytest.raises(ValueError, match="stream keys must be integers in"):
+        generator(-1)
+
+
+def test_deterministic_scatter_path_gives_the_same_numbers_on_a_cpu():
+    gen = torch.Generator().manual_seed(0)
+    tokens, w = torch.randint(60, (64, 256), generator=gen), torch.randn(64, 256, generator=gen, requires_grad=True)
+    X = ContextInputs(tokens, 60, 128)
+    fast = X.rmatvec(w)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), w)
+    torch.use_deterministic_algorithms(True)
+    try:
+        exact = X.rmatvec(w)
+        (grad_exact,) = torch.autograd.grad(exact.square().sum(), w)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(fast, exact) and torch.equal(grad_fast, grad_exact)
+    dense = torch.zeros(64, 256, 128)  # the plain formula: x_h = e_{z_h} + e_{N + z_{h-1}}
+    dense.scatter_(2, tokens[..., None], 1.0)
+    dense[:, 1:].scatter_add_(2, tokens[:, :-1, None] + 60, torch.ones(64, 255, 1))
+    torch.testing.assert_close(exact, torch.einsum("bt,btd->bd", w, dense))
+    assert math.isfinite(exact.sum().item())
