@@ -252,14 +252,14 @@ def test_tensorboard_gets_the_hparams_and_validate_stays_in_the_run_folder(run_c
     assert (log_dir / "validate-config.yaml").is_file() and "max_steps: 6" in (log_dir / "config.yaml").read_text()
     hparams_yaml = (log_dir / "hparams.yaml").read_text()
     assert "model.optimizer.class_path: icrl.optim.NormalizedGD" in hparams_yaml
-    assert "model.attention: linear" in hparams_yaml
+    assert "model.attention.class_path: icrl.recall.LinearAttention" in hparams_yaml
 
     acc = EventAccumulator(str(log_dir))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     values = {k: v.string_value or v.number_value for k, v in session.hparams.items()}
-    assert values["model.optimizer.lr"] == pytest.approx(0.1) and values["model.attention"] == "linear"
+    assert values["model.optimizer.lr"] == pytest.approx(0.1) and values["model.attention.class_path"] == "icrl.recall.LinearAttention"
     assert values["model.optimizer.class_path"] == "icrl.optim.NormalizedGD" and values["data.alpha"] == 0.2
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {"val/loss", "val/ood_loss", "train/loss"} <= {m.name.tag for m in experiment.metric_infos}
