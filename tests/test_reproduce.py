@@ -50,7 +50,7 @@ def test_recall_fig1_writes_pngs_and_results(fig1_tiny):
                   "Origin-Softmax-F"):
         for alpha in ("0.0", "0.5"):
             assert f"| {model} (α={alpha}) | 30 |" in text  # end-value row, 30 steps
-    assert "| Reparam-Linear-FA (α=0.5) | `val/loss` |" in text and "Bayes risk H(0.5) = ln 2" in text
+    assert "| Reparam-Linear-FA (α=0.5) | `val/bayes_gap` |" in text and "Bayes risk H(0.5) = ln 2" in text
 
 
 def test_recall_fig1_numbers_follow_the_closed_form(fig1_tiny):
