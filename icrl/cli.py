@@ -73,6 +73,10 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> IcrlCLI:
 
 def main() -> None:
     """Console script ``icrl``: exit status 0 on success, 1 on a non-finite loss, 2 on a bad setting."""
+    if sys.argv[1:2] == ["sweep"]:  # not a LightningCLI subcommand: many icrl fit runs (icrl.sweep)
+        from icrl.sweep import main as sweep_main
+
+        return sweep_main(sys.argv[2:])
     # A progress bar redrawn every step costs ~10% of a CPU recall step; every 10th step is plenty.
     # Lightning's TQDMProgressBar takes its refresh rate as at least TQDM_MINITERS (set it to 1 for every step).
     os.environ.setdefault("TQDM_MINITERS", "10")
