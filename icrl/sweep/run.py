@@ -6,7 +6,8 @@ YAML with every override applied, the seed included, the log folder left out) an
 dict, so it travels to a worker process or a Ray task. ``run_one`` trains a job in this process
 (a warm worker: no interpreter start-up) when it is a single process, or as an ``icrl fit``
 subprocess when it asks for several (devices, nodes: Lightning's launcher then starts the other
-ranks from that command, never from the sweep's). It resumes from the run's ``last.ckpt`` when
+ranks from that command, never from the sweep's; so does any run with a distributed
+strategy). It resumes from the run's ``last.ckpt`` when
 one is there, and writes ``result.json`` (the exit code, the wall time) when it ends.
 
 The runs log every scalar into ``scalars.csv`` (``icrl.scalars``) beside TensorBoard, through
@@ -22,6 +23,7 @@ import io
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -35,6 +37,8 @@ from icrl.scalars import ScalarFile, read_scalars
 
 RUNNER_ARGS = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                "--trainer.callbacks+=icrl.sweep.run.SweepRun")
+# Set by a distributed run for its ranks; inherited, they would make the next run join the old group.
+DIST_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 
 
 class SweepRun(Callback):
@@ -136,9 +140,12 @@ def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, versio
     """The job of one run: arguments, content key, folder ``folder/seed<S>-<key>``, the processes it asks for."""
     text = resolve(config, args, seed)
     key = hashlib.sha256(f"{text}\n{version}".encode()).hexdigest()[:16]
-    n, gpus = processes(yaml.safe_load(text).get("trainer") or {})
+    trainer = yaml.safe_load(text).get("trainer") or {}
+    n, gpus = processes(trainer)
+    # a distributed strategy sets up process groups and environment variables: never in a warm worker
+    alone = n > 1 or trainer.get("strategy", "auto") not in ("auto", "single_device")
     return {"key": key, "config": config, "args": list(args), "seed": seed, "dir": str(folder / f"seed{seed}-{key[:8]}"),
-            "processes": n, "gpus": gpus, "threads": threads}
+            "processes": n, "gpus": gpus, "threads": threads, "subprocess": alone}
 
 
 def finished(job: dict) -> dict | None:
@@ -173,10 +180,11 @@ def run_one(job: dict) -> dict:
         args += ["--ckpt_path", str(resume)]
     start = time.perf_counter()
     with open(run_dir / "log.txt", "a") as log:
-        log.write(f"icrl {' '.join(args)}\n")
+        log.write(shlex.join(["icrl", *args]) + "\n")
         log.flush()
-        if job["processes"] > 1:
-            env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
+        if job["subprocess"]:  # its own process tree: Lightning's launcher starts the other ranks from it
+            env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+            env["OMP_NUM_THREADS"] = str(job["threads"])
             code = subprocess.run([sys.executable, "-m", "icrl.cli", *args], stdout=log, stderr=subprocess.STDOUT,
                                   env=env).returncode
         else:

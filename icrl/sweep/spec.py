@@ -9,7 +9,7 @@ The sweep YAML (paths relative to the file)::
       data.alpha: [0.2, 0.5, 0.8]
       model.init_args.optimizer.init_args.lr: [0.1, 0.5]
     seeds: [0, 1]                         # each point × seed is one icrl fit (default: [0])
-    args: ["--trainer.callbacks+=icrl.recall.images.RecallImages"]   # raw icrl fit arguments (optional)
+    args: ["--trainer.callbacks+=icrl.recall.images.RecallImages"]   # raw icrl fit arguments, last (optional)
     metrics: [val/loss, val/ood_loss]     # the summary's columns (default: every val/ scalar)
 
 >>> points = grid_points("base.yaml", {"data.alpha": [0.2, 0.5], "model.init_args.optimizer.init_args.lr": [0.1]})
@@ -81,12 +81,12 @@ def safe(text: str) -> str:
 
 def grid_points(config: str, grid: dict[str, list], shared: dict | None = None,
                 args: tuple[str, ...] = ()) -> list[Point]:
-    """Every combination of ``grid``'s values, after the ``shared`` overrides and raw ``args``."""
+    """Every combination of ``grid``'s values: the ``shared`` overrides, the point's, then the raw ``args``."""
     keys = list(grid)
     points = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(zip(keys, combo))
-        points.append(Point(point_name(values), config, (*args, *overrides(shared or {}), *overrides(values)),
+        points.append(Point(point_name(values), config, (*overrides(shared or {}), *overrides(values), *args),
                             values))
     return points
 
