@@ -146,6 +146,23 @@ def test_killed_sweep_keeps_finished_runs_and_resumes_the_other(tmp_path, traine
     assert read_scalars(result["dir"])["val/loss"][0][-1] == 399  # trained to the end, across the two processes
 
 
+def test_regression_sweep_and_the_example_file(tmp_path):
+    from icrl.sweep.spec import load
+
+    example = load(ROOT / "sweeps" / "recall-alpha.yaml")
+    assert [p.name for p in example.points] == ["alpha=0.2", "alpha=0.5", "alpha=0.8"] and example.seeds == (0, 1)
+    tiny = {"data.batch_size": 8, "data.n_train": 64, "data.n_val": 16, "trainer.max_steps": 3,
+            "trainer.val_check_interval": 3}
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"config": str(ROOT / "configs" / "regression" / "fig2-1layer.yaml"),
+                                     "set": tiny, "grid": {"model.init_args.heads": [2, 4]}, "metrics": ["val/loss"]}))
+    main([str(sweep), "--out", str(tmp_path / "out"), "--no-progress"])
+    rows = summary_rows(tmp_path / "out")
+    assert list(rows) == ["heads=2", "heads=4"] and rows["heads=2"]["val/loss mean"] != rows["heads=4"]["val/loss mean"]
+    assert list(rows["heads=2"]) == ["point", "model.init_args.heads", "seeds ok", "seeds failed", "val/loss mean",
+                                     "val/loss std"]
+
+
 # --- the same sweep on both backends, with a 2-process DDP run ------------------------------------
 
 DDP = ("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp")

@@ -1,10 +1,10 @@
 """``icrl sweep SWEEP.yaml``: a grid of ``icrl fit`` overrides × seeds, one real run each, and its summary.
 
-    icrl sweep sweep.yaml --out sweeps/alpha --jobs 2            # local: a pool of 2 worker processes
-    icrl sweep sweep.yaml --out sweeps/alpha --reuse             # keep finished runs, resume the others
-    icrl sweep sweep.yaml --backend ray --address HEAD:6379      # every run a task on a Ray cluster
+    icrl sweep sweeps/recall-alpha.yaml --jobs 2                 # local: a pool of 2 worker processes
+    icrl sweep sweeps/recall-alpha.yaml --jobs 2 --reuse         # keep finished runs, resume the others
+    icrl sweep sweeps/recall-alpha.yaml --backend ray --address HEAD:6379   # every run a task on a Ray cluster
 
-The YAML format is in ``icrl.sweep.spec``. Every run has its own folder
+The YAML format is in ``icrl.sweep.spec`` (``--out`` defaults to ``runs/<sweep file name>``). Every run has its own folder
 ``OUT/runs/<point>/seed<S>-<key>/`` (TensorBoard logs, ``scalars.csv``, ``log.txt``,
 ``result.json``; point: its overrides, key: its content hash, see ``icrl.sweep.run``), so
 ``tensorboard --logdir OUT/runs`` compares the points. ``OUT/summary.{csv,md}``: end metrics per
@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
                                 epilog="Sweep file format:\n" + _format_help())
     p.add_argument("sweep", type=Path, help="the sweep YAML")
     p.add_argument("--out", type=Path, help="output directory: runs/, summary.csv, summary.md "
-                                             "(default: sweeps/<sweep file name>)")
+                                             "(default: runs/<sweep file name>)")
     add_execution_arguments(p)
     return p
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(sys.argv[2:] if argv is None else argv)
     check_execution_arguments(p, args)
-    out = args.out or Path("sweeps") / args.sweep.stem
+    out = args.out or Path("runs") / args.sweep.stem
     try:
         spec = load(args.sweep)
         done = run_sweep(list(spec.points), list(spec.seeds), out / "runs", args.backend, args.jobs, args.threads,
