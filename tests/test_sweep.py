@@ -109,7 +109,8 @@ def test_a_failed_run_is_listed_and_the_others_finish(tmp_path, capsys):
 @pytest.mark.parametrize("grid, message", [
     ({"data.alphax": [0.5]}, "Option 'alphax' is not accepted"),
     ({"data.alpha": []}, "grid.data.alpha must be a non-empty list"),
-], ids=["unknown setting", "empty grid"])
+    ({"trainer.num_nodes": [2]}, "trainer.num_nodes 2: a sweep trains each run on one machine (allowed: 1)"),
+], ids=["unknown setting", "empty grid", "several nodes"])
 def test_bad_sweep_is_refused_before_any_run(tmp_path, capsys, grid, message):
     sweep = write_sweep(tmp_path / "sweep.yaml", grid=grid)
     with pytest.raises(SystemExit) as exit_info:

@@ -110,7 +110,7 @@ def run_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, addre
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=jobs * threads, num_gpus=0, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=jobs * threads, include_dashboard=False, log_to_driver=False)
     try:
         cpus = ray.cluster_resources().get("CPU", 1)
         task = ray.remote(_ray_run)

@@ -112,7 +112,7 @@ def fit_parser():
 
 
 def processes(trainer: dict) -> tuple[int, int]:
-    """``(processes, GPUs)`` a run's trainer settings ask for (per run, over all its nodes).
+    """``(processes, GPUs)`` a run's trainer settings ask for (over all its nodes).
 
     >>> processes({"devices": 2, "accelerator": "cpu", "strategy": "ddp"})
     (2, 0)
@@ -141,6 +141,9 @@ def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, versio
     text = resolve(config, args, seed)
     key = hashlib.sha256(f"{text}\n{version}".encode()).hexdigest()[:16]
     trainer = yaml.safe_load(text).get("trainer") or {}
+    if int(trainer.get("num_nodes") or 1) > 1:  # its other nodes would wait for ranks nobody starts
+        raise ValueError(f"trainer.num_nodes {trainer['num_nodes']}: a sweep trains each run on one machine (allowed: "
+                         "1); start multi-node runs with icrl fit under the cluster's launcher")
     n, gpus = processes(trainer)
     # a distributed strategy sets up process groups and environment variables: never in a warm worker
     alone = n > 1 or trainer.get("strategy", "auto") not in ("auto", "single_device")
