@@ -10,7 +10,9 @@ instance of ``jobs × threads`` CPUs when no ``address`` is given.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -152,6 +154,14 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker of a killed sweep stops too (its run resumes from ``last.ckpt`` when the sweep is rerun)."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 def execute(todo: list[dict], backend: str = "local", jobs: int = 1, threads: int = 1, progress: Progress | None = None,
