@@ -70,7 +70,8 @@ def timed_subprocess(runs: int, root: Path) -> float:
 def timed_fig1(backend: str, jobs: int, root: Path) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    subprocess.run(["icrl-reproduce", "recall-fig1", "--out", str(root / f"fig1-{backend}"), "--jobs", str(jobs),
+    script = Path(sys.executable).parent / "icrl-reproduce"  # this environment's, whatever PATH says
+    subprocess.run([str(script), "recall-fig1", "--out", str(root / f"fig1-{backend}"), "--jobs", str(jobs),
                     "--backend", backend, "--no-progress"], env=env, check=True, capture_output=True)
     return time.perf_counter() - start
 

@@ -74,3 +74,12 @@ def test_lightning_overhead_times_a_bare_loop_and_fit(capsys, tmp_path):
     assert set(report["results"]) == {"bare", "fit", "fit, logging and bar every step (before the fixes)"}
     assert report["results"]["bare"]["overhead"] == 0 and report["results"]["fit"]["step_ms"] > 0
     assert report["results"]["fit"]["validations"] == 3
+
+
+def test_sweep_overhead_times_every_way_of_running_a_run(capsys):
+    import sweep_overhead
+
+    sweep_overhead.main(["--runs", "1", "--jobs", "1", "--no-ray", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["per_run_s"]) == {"plan", "local, in process", "local, 1 workers", "subprocess icrl fit"}
+    assert all(seconds > 0 for seconds in report["per_run_s"].values()) and "fig1_s" not in report
