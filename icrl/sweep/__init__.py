@@ -62,7 +62,7 @@ def run_sweep(points: list[Point], seeds: list[int], runs_dir: Path, backend: st
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icrl sweep", description=__doc__.split("\n\n")[0].strip("`"),
+    p = argparse.ArgumentParser(prog="icrl sweep", description="A grid of icrl fit overrides × seeds: one run each, and a summary.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Sweep file format:\n" + _format_help())
     p.add_argument("sweep", type=Path, help="the sweep YAML")
