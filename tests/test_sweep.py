@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from icrl.scalars import read_scalars
 from icrl.sweep import backends, main, run_sweep
 from icrl.sweep.run import fit_args, resolve
 from icrl.sweep.spec import Point, grid_points
@@ -68,7 +70,6 @@ def test_sweep_summary_reuse_and_changed_yaml(tmp_path, trained, capsys):
     assert all(r["seeds ok"] == "2" and r["seeds failed"] == "0" for r in rows.values())
     # Reparam-Linear-FA under normalized GD: after 5 steps of η = 0.1, Λ = 0.5 and on any validation set
     # L = H(α) + ln(1 + (1-α)(N-2) e^{-Λ}) for α > 0 (SPEC R.6); the same for both seeds
-    import math
     expected = math.log(2) + math.log(1 + 0.5 * 58 * math.exp(-0.5))
     assert float(rows["alpha=0.5"]["val/loss mean"]) == pytest.approx(expected, abs=1e-4)
     assert float(rows["alpha=0.5"]["val/loss std"]) == pytest.approx(0.0, abs=1e-6)
@@ -143,7 +144,6 @@ def test_killed_sweep_keeps_finished_runs_and_resumes_the_other(tmp_path, traine
     result = json.loads(next(second.glob("*/result.json")).read_text())
     assert result["exit_code"] == 0 and result["resumed_from"].endswith("last.ckpt")
     assert "--ckpt_path" in (Path(result["dir"]) / "log.txt").read_text()
-    from icrl.scalars import read_scalars
     assert read_scalars(result["dir"])["val/loss"][0][-1] == 399  # trained to the end, across the two processes
 
 

@@ -31,7 +31,8 @@ __all__ = ["main", "reproduce", "experiments"]
 def reproduce(names: list[str], out: Path, quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), jobs: int = 1,
               steps: int | None = None, reuse: bool = False, images: bool = False, configs: Path | None = None,
               progress: bool = True, command: str = "", threads: int = 1, fit_args: tuple[str, ...] = (),
-              runs_dir: Path | None = None, backend: str = "local", address: str | None = None) -> tuple[Path, list[str]]:
+              runs_dir: Path | None = None, backend: str = "local",
+              address: str | None = None) -> tuple[Path, list[str]]:
     """Run the experiments ``names``, write their figures, ``results.md`` and the sweep's summary into
     ``out``; return the path of ``results.md`` and the folders of the runs that failed.
 

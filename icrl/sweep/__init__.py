@@ -4,7 +4,8 @@
     icrl sweep sweeps/recall-alpha.yaml --jobs 2 --reuse         # keep finished runs, resume the others
     icrl sweep sweeps/recall-alpha.yaml --backend ray --address HEAD:6379   # every run a task on a Ray cluster
 
-The YAML format is in ``icrl.sweep.spec`` (``--out`` defaults to ``runs/<sweep file name>``). Every run has its own folder
+The YAML format is in ``icrl.sweep.spec`` (``--out`` defaults to ``runs/<sweep file name>``). Every
+run has its own folder
 ``OUT/runs/<point>/seed<S>-<key>/`` (TensorBoard logs, ``scalars.csv``, ``log.txt``,
 ``result.json``; point: its overrides, key: its content hash, see ``icrl.sweep.run``), so
 ``tensorboard --logdir OUT/runs`` compares the points. ``OUT/summary.{csv,md}``: end metrics per
@@ -62,7 +63,8 @@ def run_sweep(points: list[Point], seeds: list[int], runs_dir: Path, backend: st
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icrl sweep", description="A grid of icrl fit overrides × seeds: one run each, and a summary.",
+    p = argparse.ArgumentParser(prog="icrl sweep",
+                                description="A grid of icrl fit overrides × seeds: one run each, and a summary.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Sweep file format:\n" + _format_help())
     p.add_argument("sweep", type=Path, help="the sweep YAML")
@@ -81,7 +83,8 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel, one thread each (default: 1); a "
                                                       "run with several processes (DDP) takes that many")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process (default: 1; more threads than free cores slows training down a lot)")
+                   help="torch threads per process (default: 1; more threads than free cores slow training down a "
+                        "lot)")
     p.add_argument("--reuse", action="store_true",
                    help="keep runs already finished with exactly this config, seed and code; resume unfinished ones")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress line")

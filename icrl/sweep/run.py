@@ -147,8 +147,8 @@ def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, versio
     n, gpus = processes(trainer)
     # a distributed strategy sets up process groups and environment variables: never in a warm worker
     alone = n > 1 or trainer.get("strategy", "auto") not in ("auto", "single_device")
-    return {"key": key, "config": config, "args": list(args), "seed": seed, "dir": str(folder / f"seed{seed}-{key[:8]}"),
-            "processes": n, "gpus": gpus, "threads": threads, "subprocess": alone}
+    return {"key": key, "config": config, "args": list(args), "seed": seed,
+            "dir": str(folder / f"seed{seed}-{key[:8]}"), "processes": n, "gpus": gpus, "threads": threads, "subprocess": alone}
 
 
 def finished(job: dict) -> dict | None:

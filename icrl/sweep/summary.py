@@ -42,9 +42,10 @@ def write(out: Path, points: list[Point], runs: dict[Point, dict[int, dict]], wa
                         *(fmt_values(v) for v in ends.values())])
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["point", *keys, "seeds ok", "seeds failed", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))])
+        writer.writerow(["point", *keys, "seeds ok", "seeds failed",
+                         *(f"{m} {s}" for m in metrics for s in ("mean", "std"))])
         writer.writerows(csv_rows)
-    text = ["# Sweep summary", "", f"End values (last logged), mean ± std over the seeds that finished:", "",
+    text = ["# Sweep summary", "", "End values (last logged), mean ± std over the seeds that finished:", "",
             table(["point", *keys, "seeds ok", *(f"`{m}`" for m in metrics)], md_rows), ""]
     if failed:
         text += [f"Failed runs ({len(failed)}):", "",
