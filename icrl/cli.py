@@ -315,9 +315,10 @@ class IcrlCLI(LightningCLI):
             sys.exit(EXIT_CODES[stop.signum])
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> IcrlCLI:
-    """Entry point of ``icrl``; tests and notebooks call it with ``args`` instead of ``sys.argv``."""
-    return IcrlCLI(
+def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[IcrlCLI] = IcrlCLI) -> IcrlCLI:
+    """Entry point of ``icrl``; tests and notebooks call it with ``args`` instead of ``sys.argv``
+    (``cli_class``: a subclass, e.g. the sweep's, that needs the same parser)."""
+    return cli_class(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -343,6 +344,10 @@ def main() -> None:
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+    if sys.argv[1:2] == ["sweep"]:  # not a LightningCLI subcommand: many icrl fit runs (icrl.sweep)
+        from icrl.sweep import main as sweep_main
+
+        return sweep_main(sys.argv[2:])
     try:
         cli_main()
     except NonFiniteLossError as err:

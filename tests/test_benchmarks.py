@@ -86,3 +86,12 @@ def test_threads_times_the_console_script_at_each_setting(capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["torch_threads"] == {"1": 1} and report["steps"] == 5 and not report["busy"]
     assert all(v > 0 for v in report["steps_per_s"].values())
+
+
+def test_sweep_overhead_times_every_way_of_running_a_run(capsys):
+    import sweep_overhead
+
+    sweep_overhead.main(["--runs", "1", "--jobs", "1", "--no-ray", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["per_run_s"]) == {"plan", "local, in process", "local, 1 workers", "subprocess icrl fit"}
+    assert all(seconds > 0 for seconds in report["per_run_s"].values()) and "fig1_s" not in report

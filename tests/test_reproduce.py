@@ -63,11 +63,14 @@ def test_recall_fig1_numbers_follow_the_closed_form(fig1_tiny):
 
 
 def test_reuse_trains_nothing_again(fig1_tiny, monkeypatch):
-    def fail(job):
-        raise AssertionError(f"retrained {job['id']}")
+    from icrl.sweep import backends
 
-    monkeypatch.setattr(run_module.worker, "fit_one", fail)
+    def fail(job):
+        raise AssertionError(f"retrained {job['dir']}")
+
+    monkeypatch.setattr(backends, "run_one", fail)
     main(["recall-fig1", *TINY, "--out", str(fig1_tiny), "--reuse"])
+    assert "10 runs (10 reused from earlier invocations)" in (fig1_tiny / "results.md").read_text()
 
 
 def test_parallel_jobs_match_in_process(tmp_path):
@@ -209,21 +212,22 @@ def test_check_kinds():
     assert not Check({}, "m", 1.0, "", kind="below").holds(math.nan)
 
 
-def test_plan_shares_runs_and_scopes_fit_args(tmp_path):
+def test_plan_shares_runs_and_scopes_fit_args():
     from icrl.reproduce import parse_fit_args
 
     exps = experiments()
     scoped = [parse_fit_args("regression/fig2-4layer*:--data.init_args.batch_size 8"),
               ("recall/*", ["--trainer.callbacks+=icrl.recall.images.RecallImages"])]
-    jobs = run_module.plan([exps["recall-fig1"], exps["recall-margins"], exps["regression-fig2"]], [0, 1], tmp_path,
-                           quick=True, fit_args=scoped)
-    # recall-margins' runs are recall-fig1's: the same job, trained once
-    assert jobs["recall-margins", "Reparam-Linear-FA (α=0.5)", 1] is jobs["recall-fig1", "Reparam-Linear-FA (α=0.5)", 1]
-    assert len({j["id"] for j in jobs.values()}) == (10 + 2) * 2
-    four = jobs["regression-fig2", "4-layer transformer", 0]["overrides"]
-    one = jobs["regression-fig2", "1-layer, H = 64", 0]["overrides"]
-    assert four[-2:] == ["--data.init_args.batch_size", "8"] and "8" not in one
-    assert all(("RecallImages" in " ".join(j["overrides"])) == ("/recall/" in j["config"]) for j in jobs.values())
+    points = run_module.plan([exps["recall-fig1"], exps["recall-margins"], exps["regression-fig2"]], quick=True,
+                             fit_args=scoped)
+    # recall-margins' runs are recall-fig1's: the same point, trained once per seed
+    assert points["recall-margins", "Reparam-Linear-FA (α=0.5)"] == points["recall-fig1", "Reparam-Linear-FA (α=0.5)"]
+    assert len(set(points.values())) == 10 + 2
+    assert points["recall-fig1", "Reparam-Linear-FA (α=0.5)"].name == "recall-fig1-reparam-linear-fa/alpha=0.5"
+    four = points["regression-fig2", "4-layer transformer"].args
+    one = points["regression-fig2", "1-layer, H = 64"].args
+    assert four[-2:] == ("--data.init_args.batch_size", "8") and "8" not in one
+    assert all(("RecallImages" in " ".join(p.args)) == ("/recall/" in p.config) for p in points.values())
 
 
 def test_a_failed_run_is_reported_and_the_rest_still_written(tmp_path, capsys):

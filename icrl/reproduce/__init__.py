@@ -3,11 +3,13 @@
     icrl-reproduce --list
     icrl-reproduce recall-fig1 --out results/ [--quick] [--jobs 2] [--seeds 0 1 2]
     icrl-reproduce all --quick --out results/
+    icrl-reproduce recall-fig1 --out results/ --backend ray [--address HEAD:6379]
 
 Each experiment (``icrl.reproduce.recall``, ``icrl.reproduce.regression``) trains its configs
-through ``icrl fit``'s LightningCLI, once per seed, then writes ``results.md`` (end values next to
-the papers' values, and which claims hold) and a PNG per figure (``figures/``) into ``--out``. The
-runs' TensorBoard logs stay under ``--out/runs/`` (or ``--runs-dir``).
+through ``icrl fit``, once per seed, as one sweep (``icrl.sweep``: the same backends, content-keyed
+reuse and resume as ``icrl sweep``), then writes ``results.md`` (end values next to the papers'
+values, and which claims hold), a PNG per figure (``figures/``) and the sweep's ``summary.md`` /
+``summary.csv`` into ``--out``. The runs' logs stay under ``--out/runs/`` (or ``--runs-dir``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from icrl.reproduce.experiments import Experiment, Run, experiments
 from icrl.reproduce.results import RunSeeds
+from icrl.sweep import add_execution_arguments, check_execution_arguments
 
 __all__ = ["main", "reproduce", "experiments"]
 
@@ -28,15 +31,18 @@ __all__ = ["main", "reproduce", "experiments"]
 def reproduce(names: list[str], out: Path, quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), jobs: int = 1,
               steps: int | None = None, reuse: bool = False, images: bool = False, configs: Path | None = None,
               progress: bool = True, command: str = "", threads: int = 1, fit_args: tuple[str, ...] = (),
-              runs_dir: Path | None = None) -> tuple[Path, list[str]]:
-    """Run the experiments ``names``, write their figures and ``results.md`` into ``out``; return the
-    path of ``results.md`` and the ids of the runs that failed.
+              runs_dir: Path | None = None, backend: str = "local",
+              address: str | None = None) -> tuple[Path, list[str]]:
+    """Run the experiments ``names``, write their figures, ``results.md`` and the sweep's summary into
+    ``out``; return the path of ``results.md`` and the folders of the runs that failed.
 
     ``fit_args``: extra ``icrl fit`` arguments, ``"ARGS"`` for every run or ``"GLOB:ARGS"`` for the
     runs whose config matches ``GLOB`` (e.g. ``"regression/fig2-4layer*:--data.batch_size 32"``).
+    ``backend``, ``address``, ``jobs``, ``threads``, ``reuse``: as ``icrl.sweep.run_sweep``'s.
     """
     from icrl.reproduce import plots, results
-    from icrl.reproduce.run import configs_dir, execute, plan
+    from icrl.reproduce.run import configs_dir, plan
+    from icrl.sweep import run_sweep, summary
 
     registry = experiments()
     unknown = [n for n in names if n not in registry]
@@ -54,28 +60,30 @@ def reproduce(names: list[str], out: Path, quick: bool = False, seeds: tuple[int
         if not any(fnmatch.fnmatch(config, pattern) for config in run_configs):
             raise ValueError(f"--fit-args pattern {pattern!r} matches none of the configs of these experiments: "
                              f"{run_configs}")
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if images:
         scoped.append(("recall/*", ["--trainer.callbacks+=icrl.recall.images.RecallImages"]))
-    jobs_of = plan(exps, list(seeds), runs_dir or out / "runs", quick, steps, configs, scoped)
-    done = execute(list(jobs_of.values()), jobs, reuse, progress, threads)
+    points_of = plan(exps, quick, steps, configs, scoped)
+    points = list(dict.fromkeys(points_of.values()))
+    done = run_sweep(points, list(seeds), runs_dir or out / "runs", backend, jobs, threads, reuse, address, progress)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     sections = []
     for exp in exps:
-        data: dict[Run, RunSeeds] = {run: {s: done[jobs_of[exp.name, run.label, s]["id"]] for s in seeds}
+        data: dict[Run, RunSeeds] = {run: {s: done[points_of[exp.name, run.label], s] for s in seeds}
                                      for run in exp.runs}
         pngs = plots.draw_experiment(exp, data, out / "figures")
         sections.append(results.section(exp, data, [p.relative_to(out) for p in pngs], quick, list(seeds)))
+    summary.write(out, points, {p: {s: done[p, s] for s in seeds} for p in points})
     mode = "quick (reduced sizes, see each experiment)" if quick else "full (the configs as they are)"
     if fit_args or steps:
         mode += ", with the command's overrides"
-    unique = {job["id"]: done[job["id"]] for job in jobs_of.values()}
+    unique = {r["key"]: r for r in done.values()}
     reused = sum(bool(r.get("reused")) for r in unique.values())
     timing = f"this invocation took {time.perf_counter() - start:.0f} s, {len(unique)} runs"
     timing += f" ({reused} reused from earlier invocations)" if reused else ""
     path = results.write(out, sections, command or "icrl-reproduce " + " ".join(names), list(seeds), mode, timing)
-    failed = sorted({job["id"] for job in jobs_of.values() if done[job["id"]].get("error")})
+    failed = sorted({r["dir"] for r in unique.values() if r["exit_code"] != 0})
     return path, failed
 
 
@@ -108,12 +116,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory: PNGs, results.md, runs/ (TensorBoard logs)")
     p.add_argument("--quick", action="store_true", help="shrink steps and sizes: every experiment in minutes on a CPU")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every run (default: 0 1 2)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel, one thread each (default: 1)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per job (default: 1; more threads than free cores slows training down a lot)")
     p.add_argument("--steps", type=int, help="override every run's max_steps (and validate 10 times)")
-    p.add_argument("--reuse", action="store_true",
-                   help="reuse runs already finished (under the runs directory) with the same arguments")
+    add_execution_arguments(p)
     p.add_argument("--images", action="store_true",
                    help="also log attention and margin images to TensorBoard (icrl.recall.images.RecallImages)")
     p.add_argument("--fit-args", action="append", default=[], metavar="[GLOB:]ARGS",
@@ -122,7 +126,6 @@ def parser() -> argparse.ArgumentParser:
                         "is a single option)")
     p.add_argument("--runs-dir", type=Path, help="where the runs' logs go (default: OUT/runs)")
     p.add_argument("--configs", type=Path, help="configs directory (default: the repository's configs/)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
@@ -140,18 +143,18 @@ def main(argv: list[str] | None = None) -> None:
         p.error("name at least one experiment (or 'all'); see --list")
     if args.out is None:
         p.error("--out DIR is required to run experiments")
-    if args.jobs < 1 or args.threads < 1:
-        p.error(f"--jobs and --threads must be >= 1, got --jobs {args.jobs} --threads {args.threads}")
+    check_execution_arguments(p, args)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
     try:
         path, failed = reproduce(
             names, args.out, args.quick, tuple(args.seeds), args.jobs, args.steps, args.reuse, args.images,
             args.configs, args.progress, command=shlex.join(["icrl-reproduce", *argv]), threads=args.threads,
-            fit_args=tuple(args.fit_args), runs_dir=args.runs_dir)
+            fit_args=tuple(args.fit_args), runs_dir=args.runs_dir, backend=args.backend, address=args.address)
     except ValueError as err:
         p.error(str(err))
     figures = path.parent / "figures"
     print(f"icrl-reproduce: wrote {path} and {len(list(figures.glob('*.png')))} figures in {figures}")
     if failed:  # the figures and tables are written all the same, the failed runs marked in results.md
-        sys.exit(f"icrl-reproduce: {len(failed)} run(s) failed: {', '.join(failed)} (see their log.txt)")
+        sys.exit(f"icrl-reproduce: {len(failed)} run(s) failed: {', '.join(failed)} (see their log.txt, and "
+                 f"{path.parent / 'summary.md'})")

@@ -1,0 +1,77 @@
+"""Every logged scalar in a plain CSV file, beside TensorBoard's event files, and read back.
+
+``ScalarFile`` is a Lightning logger: give it to a ``Trainer`` next to the TensorBoard logger
+(``logger=[tensorboard, ScalarFile(tensorboard.log_dir)]``) and it appends one row
+``tag,step,value,time`` per logged scalar to ``<dir>/scalars.csv`` (``time``: Unix seconds),
+flushed at every call, so a killed run keeps what it logged. ``read_scalars`` reads every such file
+under a directory: a resumed run that logged into a second folder, or twice at a step, reads as one
+series (the later value wins).
+
+>>> import tempfile
+>>> root = tempfile.mkdtemp()
+>>> log = ScalarFile(root)
+>>> log.log_metrics({"val/loss": 0.5, "train/loss": 0.7}, step=9)
+>>> log.log_metrics({"val/loss": 0.25}, step=19)
+>>> steps, values, seconds = read_scalars(root)["val/loss"]
+>>> steps, values, seconds[0]
+([9, 19], [0.5, 0.25], 0.0)
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+FILE = "scalars.csv"
+
+
+class ScalarFile(Logger):
+    """Appends ``tag,step,value,time`` rows to ``<dir>/scalars.csv`` (rank 0 only)."""
+
+    def __init__(self, dir: str | Path):
+        super().__init__()
+        self._dir = Path(dir)
+
+    @property
+    def name(self) -> str:
+        return "scalars"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @property
+    def save_dir(self) -> str:
+        return str(self._dir)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        with open(self._dir / FILE, "a", newline="") as f:
+            csv.writer(f).writerows([tag, step, float(value), now] for tag, value in metrics.items())
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:  # TensorBoard keeps those
+        pass
+
+
+def read_scalars(root: str | Path) -> dict[str, list[list[float]]]:
+    """Every scalar in the ``scalars.csv`` files under ``root``: ``{tag: [steps, values, seconds]}``.
+
+    ``seconds``: wall-clock time since the first row of all the files (the run's first log call).
+    """
+    rows = []
+    for path in sorted(Path(root).rglob(FILE)):
+        with open(path, newline="") as f:
+            rows += [(float(t), tag, int(step), float(value)) for tag, step, value, t in csv.reader(f)]
+    rows.sort()  # by time: a resumed run's rows after the earlier ones, so its values win
+    start = rows[0][0] if rows else 0.0
+    series: dict[str, dict[int, tuple[float, float]]] = {}
+    for t, tag, step, value in rows:
+        series.setdefault(tag, {})[step] = (value, t - start)
+    return {tag: [sorted(points), *map(list, zip(*(points[s] for s in sorted(points))))]
+            for tag, points in series.items()}

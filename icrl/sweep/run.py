@@ -1,0 +1,228 @@
+"""One run of a sweep: its resolved config, its content key, its folder, and training it.
+
+A run's identity (``key``) is a hash of what ``icrl fit --print_config`` prints for it (the base
+YAML with every override applied, the seed included, the log folder left out) and of the code
+(``code_version``): a changed YAML, override, seed or commit is another run. A job is a plain
+dict, so it travels to a worker process or a Ray task. ``run_one`` trains a job in this process
+(a warm worker: no interpreter start-up) when it is a single process, or as an ``icrl fit``
+subprocess when it asks for several (devices, nodes: Lightning's launcher then starts the other
+ranks from that command, never from the sweep's; so does any run with a distributed
+strategy). It resumes from the run's ``last.ckpt`` when
+one is there, and writes ``result.json`` (the exit code, the wall time) when it ends.
+
+The runs log every scalar into ``scalars.csv`` (``icrl.scalars``) beside TensorBoard, through
+``SweepRun``, which the sweep adds to every run's callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import yaml
+from lightning.pytorch import Callback
+
+from icrl.scalars import ScalarFile, read_scalars
+
+RUNNER_ARGS = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+               "--trainer.callbacks+=icrl.sweep.run.SweepRun")
+# Set by a distributed run for its ranks; inherited, they would make the next run join the old group.
+DIST_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
+class SweepRun(Callback):
+    """Adds a ``ScalarFile`` in the run's log folder and makes its checkpointing keep ``last.ckpt``."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not any(isinstance(lg, ScalarFile) for lg in trainer.loggers):
+            trainer.loggers = [*trainer.loggers, ScalarFile(trainer.log_dir or trainer.default_root_dir)]
+        for checkpoint in trainer.checkpoint_callbacks:  # what an interrupted sweep resumes from
+            checkpoint.save_last = checkpoint.save_last or True
+
+
+def code_version() -> str:
+    """The package version, and in a git checkout its commit and a hash of uncommitted changes to ``icrl/``."""
+    import icrl
+
+    root = Path(icrl.__file__).resolve().parent
+    version = icrl.__version__
+    try:
+        git = dict(cwd=root, capture_output=True, text=True, check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **git).stdout.strip()
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "."], **git).stdout
+    except (OSError, subprocess.CalledProcessError):  # not a checkout: the version is all there is
+        return version
+    return f"{version} {commit}" + (f" +{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else "")
+
+
+def fit_args(config: str, args: tuple[str, ...] | list[str], seed: int) -> list[str]:
+    s = str(seed)
+    return ["fit", "--config", config, "--seed_everything", s, "--data.init_args.seed", s, *args, *RUNNER_ARGS]
+
+
+def resolve(config: str, args: tuple[str, ...] | list[str], seed: int) -> str:
+    """What ``icrl fit --print_config`` prints for this run (without its log folder).
+
+    ``ValueError`` with the CLI's message when the arguments do not parse (an unknown setting, a
+    value of the wrong type): the sweep refuses them before any run starts.
+    """
+    parser = fit_parser()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            cfg = parser.parse_args(fit_args(config, args, seed)[1:])
+        except SystemExit:  # the parser's message, on one line, without the usage text before it
+            message = err.getvalue().partition("error:")[2].partition("Given value type")[0]
+            raise ValueError(" ".join(message.split()) or "icrl fit refused the arguments") from None
+    return parser.dump(cfg, skip_unset=False)
+
+
+class _Built(Exception):
+    def __init__(self, parser):
+        self.parser = parser
+
+
+@functools.cache
+def fit_parser():
+    """``icrl fit``'s argument parser, built once (building it is most of the cost of ``--print_config``)."""
+    from icrl.cli import IcrlCLI, cli_main
+
+    class ParserOnly(IcrlCLI):  # the CLI of cli_main, stopped before it parses sys.argv
+        def parse_arguments(self, parser, args) -> None:
+            raise _Built(self._subcommand_parsers["fit"])
+
+    try:
+        cli_main([], cli_class=ParserOnly)
+    except _Built as built:
+        return built.parser
+    raise RuntimeError("LightningCLI no longer parses its arguments in parse_arguments")
+
+
+def processes(trainer: dict) -> tuple[int, int]:
+    """``(processes, GPUs)`` a run's trainer settings ask for (over all its nodes).
+
+    >>> processes({"devices": 2, "accelerator": "cpu", "strategy": "ddp"})
+    (2, 0)
+    >>> processes({"devices": [0, 1, 2], "accelerator": "gpu", "num_nodes": 2})
+    (6, 6)
+    >>> processes({"devices": 1, "accelerator": "auto"})
+    (1, 0)
+    """
+    import torch
+
+    accelerator = str(trainer.get("accelerator") or "auto")
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, list):
+        n = len(devices)
+    elif str(devices) in ("auto", "-1"):
+        n = max(torch.cuda.device_count(), 1) if gpu else 1
+    else:
+        n = int(devices)
+    n *= int(trainer.get("num_nodes") or 1)
+    return n, n if gpu else 0
+
+
+def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, version: str, threads: int = 1) -> dict:
+    """The job of one run: arguments, content key, folder ``folder/seed<S>-<key>``, the processes it asks for."""
+    text = resolve(config, args, seed)
+    key = hashlib.sha256(f"{text}\n{version}".encode()).hexdigest()[:16]
+    trainer = yaml.safe_load(text).get("trainer") or {}
+    if int(trainer.get("num_nodes") or 1) > 1:  # its other nodes would wait for ranks nobody starts
+        raise ValueError(f"trainer.num_nodes {trainer['num_nodes']}: a sweep trains each run on one machine (allowed: "
+                         "1); start multi-node runs with icrl fit under the cluster's launcher")
+    n, gpus = processes(trainer)
+    # a distributed strategy sets up process groups and environment variables: never in a warm worker
+    alone = n > 1 or trainer.get("strategy", "auto") not in ("auto", "single_device")
+    return {"key": key, "config": config, "args": list(args), "seed": seed,
+            "dir": str(folder / f"seed{seed}-{key[:8]}"), "processes": n, "gpus": gpus, "threads": threads, "subprocess": alone}
+
+
+def finished(job: dict) -> dict | None:
+    """The result of this very run (same key) if it finished successfully earlier."""
+    path = Path(job["dir"]) / "result.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("key") != job["key"] or saved.get("exit_code") != 0:
+        return None
+    return {**saved, **job, "scalars": read_scalars(job["dir"]), "reused": True}
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``lightning_logs/<name>/version_N/checkpoints/last.ckpt`` of a run."""
+    found = list(run_dir.glob("lightning_logs/**/checkpoints/last.ckpt"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def run_one(job: dict) -> dict:
+    """Train one job (resuming from its ``last.ckpt`` if any); return its result and save ``result.json``.
+
+    Never raises: a failed run comes back with ``exit_code`` (2 a bad setting, 1 a diverging loss
+    or a crash) and ``error``, its console output in ``log.txt``.
+    """
+    run_dir = Path(job["dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "result.json").unlink(missing_ok=True)
+    args = [*fit_args(job["config"], job["args"], job["seed"]), "--trainer.default_root_dir", str(run_dir)]
+    resume = last_checkpoint(run_dir)
+    if resume is not None:
+        args += ["--ckpt_path", str(resume)]
+    start = time.perf_counter()
+    with open(run_dir / "log.txt", "a") as log:
+        log.write(shlex.join(["icrl", *args]) + "\n")
+        log.flush()
+        if job["subprocess"]:  # its own process tree: Lightning's launcher starts the other ranks from it
+            env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+            env["OMP_NUM_THREADS"] = str(job["threads"])
+            code = subprocess.run([sys.executable, "-m", "icrl.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                                  env=env).returncode
+        else:
+            code = _fit_here(args, log)
+    result = {**job, "exit_code": code, "error": None if code == 0 else f"exit code {code}",
+              "log": str(run_dir / "log.txt"), "resumed_from": str(resume) if resume else None,
+              "wall_s": time.perf_counter() - start}
+    (run_dir / "result.json").write_text(json.dumps(result))
+    return {**result, "scalars": read_scalars(run_dir)}
+
+
+def _fit_here(args: list[str], log) -> int:
+    """``icrl fit`` in this process, its output into ``log``; the exit code ``icrl`` would give."""
+    import torch
+
+    from icrl.callbacks import NonFiniteLossError
+    from icrl.cli import cli_main
+
+    quiet = logging.getLogger("lightning.pytorch"), logging.getLogger("lightning.fabric")
+    levels = [q.level for q in quiet]
+    threads = torch.get_num_threads()
+    code = 0
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        for q in quiet:
+            q.setLevel(logging.WARNING)
+        try:
+            cli_main(args)
+        except SystemExit as exit_:  # the CLI's config errors: exit 2
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except NonFiniteLossError as err:
+            print(f"icrl: error: {err}")
+            code = 1
+        except Exception:  # noqa: BLE001 - a crashed run is reported, the sweep goes on
+            traceback.print_exc()
+            code = 1
+        finally:
+            for q, level in zip(quiet, levels):
+                q.setLevel(level)
+            torch.set_num_threads(threads)
+    return code
