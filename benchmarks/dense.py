@@ -1,4 +1,4 @@
-"""The recall model of SPEC R.3 written as the plain dense formula: the reference the benchmarks time.
+"""The recall model of docs/science.md §R.3 written as the plain dense formula: the reference the benchmarks time.
 
 Builds the inputs ``X`` (B, T, d), ``x_h = E(z_h) + Ẽ(z_{h-1})``, as one-hot sums and applies the
 equations as written, with the model's own ``W``, ``V``, ``F``, ``U`` and attention ``σ``:

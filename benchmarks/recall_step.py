@@ -1,4 +1,4 @@
-"""One recall training step of the package against the plain dense formula of SPEC R.3.
+"""One recall training step of the package against the plain dense formula of docs/science.md §R.3.
 
 For every attention × parameterization (feed-forward ``FA`` unless ``--feedforward``), at the paper
 size (batch 512, context 256, N = 60, d = 128), in one process and on the same weights: a full

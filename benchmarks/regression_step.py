@@ -1,6 +1,6 @@
 """The one-layer multi-head regression model: all heads at once against a Python loop over heads.
 
-``icrl.regression.OneLayerMultiHead`` computes SPEC T.2,
+``icrl.regression.OneLayerMultiHead`` computes docs/science.md §T.2,
 ``ŷ_k = Σ_h w_{h,k} · yᵀ softmax(V_Nᵀ Q_h v_k)``, for all ``H`` heads in one batched product. The
 reference here is the same formula with a loop over heads (one ``(N, d)·(d, d)·(d, K)`` product,
 softmax and read-out per head), on the same weights and batch. At the paper's Figure-2 size
@@ -35,7 +35,7 @@ RTOL = 1e-4
 
 
 def loop_over_heads(net: OneLayerMultiHead, v: Tensor, y: Tensor) -> Tensor:
-    """SPEC T.2 head by head: ``Σ_h w_h ⊙ (yᵀ softmax(V_Nᵀ Q_h V))``, (B, K)."""
+    """docs/science.md §T.2 head by head: ``Σ_h w_h ⊙ (yᵀ softmax(V_Nᵀ Q_h V))``, (B, K)."""
     v_n = v[: net.n_labelled]  # (N, d) V_Nᵀ
     out = 0.0
     for Q_h, w_h in zip(net.Q, net.w):  # (d, d), (K,)

@@ -1,4 +1,4 @@
-"""Normalized gradient descent (SPEC R.5).
+"""Normalized gradient descent (docs/science.md §R.5).
 
 ``θ ← θ − η · g / ‖g‖₂``, with the norm taken per parameter tensor (the paper's rule) or once over
 all tensors of a parameter group (``global_norm=True``). A tensor whose gradient norm is zero is

@@ -1,4 +1,4 @@
-"""NormalizedGD (SPEC R.5): exact steps, zero-norm tensors, global norm, closure."""
+"""NormalizedGD (docs/science.md §R.5): exact steps, zero-norm tensors, global norm, closure."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Distribution properties of the recall sampler (SPEC R.2) and of the data module's streams."""
+"""Distribution properties of the recall sampler (docs/science.md §R.2) and of the data module's streams."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The recall model's gather/scatter fast path against the plain dense formula of SPEC R.3."""
+"""The recall model's gather/scatter fast path against the plain dense formula of docs/science.md §R.3."""
 
 import itertools
 import math
@@ -23,7 +23,7 @@ VALUE_SCALED = partial(Reparam, value_scale=True)
 
 
 def dense_forward(model: RecallTransformer, tokens: torch.Tensor):
-    """SPEC R.3 as written: build x_h = E(z_h) + Ẽ(z_{h-1}) densely and apply the equations."""
+    """docs/science.md §R.3 as written: build x_h = E(z_h) + Ẽ(z_{h-1}) densely and apply the equations."""
     N, d = model.task.vocab_size, model.U.shape[1]
     E = torch.eye(d)
     X = E[tokens].clone()  # (B, T, d)

@@ -1,4 +1,4 @@
-"""Short population runs showing the findings of SPEC R.6 (scaled down to run in CI)."""
+"""Short population runs showing the findings of docs/science.md §R.6 (scaled down to run in CI)."""
 
 import math
 

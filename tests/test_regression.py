@@ -1,4 +1,4 @@
-"""Template regression (SPEC T): references, models, data stream, training and configs."""
+"""Template regression (docs/science.md §T): references, models, data stream, training and configs."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ def test_recall_fig1_writes_pngs_and_results(fig1_tiny):
 
 def test_recall_fig1_numbers_follow_the_closed_form(fig1_tiny):
     # noisy Reparam-Linear-FA: Λ grows by η = 0.1 per step, so after 30 steps
-    # L = H(α) + ln(1 + (1-α)(N-2) e^{-Λ}) with Λ = 3, on any validation set (SPEC R.6)
+    # L = H(α) + ln(1 + (1-α)(N-2) e^{-Λ}) with Λ = 3, on any validation set (docs/science.md §R.6)
     text = (fig1_tiny / "results.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| Reparam-Linear-FA (α=0.5) | 30 |"))
     loss = float(row.split("|")[4])

@@ -69,7 +69,7 @@ def test_sweep_summary_reuse_and_changed_yaml(tmp_path, trained, capsys):
     assert list(rows) == ["alpha=0.0", "alpha=0.5", "alpha=0.8"]
     assert all(r["seeds ok"] == "2" and r["seeds failed"] == "0" for r in rows.values())
     # Reparam-Linear-FA under normalized GD: after 5 steps of η = 0.1, Λ = 0.5 and on any validation set
-    # L = H(α) + ln(1 + (1-α)(N-2) e^{-Λ}) for α > 0 (SPEC R.6); the same for both seeds
+    # L = H(α) + ln(1 + (1-α)(N-2) e^{-Λ}) for α > 0 (docs/science.md §R.6); the same for both seeds
     expected = math.log(2) + math.log(1 + 0.5 * 58 * math.exp(-0.5))
     assert float(rows["alpha=0.5"]["val/loss mean"]) == pytest.approx(expected, abs=1e-4)
     assert float(rows["alpha=0.5"]["val/loss std"]) == pytest.approx(0.0, abs=1e-6)

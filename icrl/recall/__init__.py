@@ -1,4 +1,4 @@
-"""In-context recall (SPEC part R): task, data, model, metrics and the LightningModule."""
+"""In-context recall (docs/science.md §R): task, data, model, metrics and the LightningModule."""
 
 from icrl.recall.attention import Attention, LinearAttention, ReLUAttention, SoftmaxAttention
 from icrl.recall.callbacks import RecallEvaluation

@@ -1,4 +1,4 @@
-"""Attention functions σ of SPEC R.3, applied to the last position's scores over the context.
+"""Attention functions σ of docs/science.md §R.3, applied to the last position's scores over the context.
 
 Each is a tiny module mapping scores ``s`` of shape (B, T) to weights of shape (B, T). A model
 takes an instance (in YAML ``attention: icrl.recall.SoftmaxAttention``, a ``class_path``); add your

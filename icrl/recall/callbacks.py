@@ -1,4 +1,4 @@
-"""``RecallEvaluation``: exact expected losses, Bayes gaps, OOD probabilities and logit margins (SPEC R.6)."""
+"""``RecallEvaluation``: exact expected losses, Bayes gaps, OOD probabilities and logit margins (docs/science.md §R.6)."""
 
 from __future__ import annotations
 

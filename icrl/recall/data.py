@@ -1,4 +1,4 @@
-"""Recall prompts (SPEC R.2): a batched sampler and the ``RecallDataModule`` that streams them.
+"""Recall prompts (docs/science.md §R.2): a batched sampler and the ``RecallDataModule`` that streams them.
 
 A batch is a dict of tensors::
 
@@ -122,7 +122,7 @@ class RecallDataModule(StreamDataModule):
             ``alpha == 0`` is the noiseless task, ``alpha > 0`` the noisy one.
         batch_size: training batch size per device.
         n_samples: ``None`` for population training (a fresh batch every step), or the size of
-            one fixed training sample to cycle over (finite-sample training, SPEC R.2).
+            one fixed training sample to cycle over (finite-sample training, docs/science.md §R.2).
         seed: seed of the training stream (and of the finite sample).
         n_val: size of each validation set (in distribution, OOD), and of each held-out test set;
             ``val_seed`` fixes them (the test sets are other streams of it).

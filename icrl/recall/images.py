@@ -8,7 +8,7 @@ Two images per validation, from the first in-distribution validation batch:
   has learned to recall puts its weight on ``p+1``.
 - ``recall/logits``: that prompt's logits ``ξ_A`` (attention) and ``ξ_F`` (feed-forward) over the
   vocabulary with ``y`` and ``τ`` marked, and histograms over the batch of the margins
-  ``ξ_{A,y} − max_{k≠y} ξ_{A,k}`` and ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}`` (SPEC R.6).
+  ``ξ_{A,y} − max_{k≠y} ξ_{A,k}`` and ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}`` (docs/science.md §R.6).
 
 Add it to any recall run: ``icrl fit --config ... --trainer.callbacks+=icrl.recall.images.RecallImages``
 or in YAML ``trainer.callbacks: [{class_path: icrl.recall.images.RecallImages}]``. Images go to every

@@ -1,4 +1,4 @@
-"""Recall metrics (SPEC R.6) as torchmetrics ``MeanMetric``s of a per-prompt quantity.
+"""Recall metrics (docs/science.md §R.6) as torchmetrics ``MeanMetric``s of a per-prompt quantity.
 
 States are torchmetrics' own (``sum`` over processes) in the default float32, which every device
 holds (Apple's MPS has no float64); each batch adds one pairwise-summed total, so the relative
@@ -92,7 +92,7 @@ class MeanProbability(_PerPrompt):
 
 
 class LogitMargin(_PerPrompt):
-    """Mean margin ``ξ_k − max_{j≠k} ξ_j`` of a given token ``k`` per sample (SPEC R.6).
+    """Mean margin ``ξ_k − max_{j≠k} ξ_j`` of a given token ``k`` per sample (docs/science.md §R.6).
 
     >>> m = LogitMargin(); m.update(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0])); m.compute()
     tensor(1.)

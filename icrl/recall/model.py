@@ -1,6 +1,6 @@
-"""The one-layer recall transformer of SPEC R.3, predicting the token after the last position.
+"""The one-layer recall transformer of docs/science.md §R.3, predicting the token after the last position.
 
-Notation (SPEC R.1, R.3): vocabulary ``N``, width ``d ≥ 2N``, context ``z_0 … z_{T-1}``, inputs
+Notation (docs/science.md §R.1, R.3): vocabulary ``N``, width ``d ≥ 2N``, context ``z_0 … z_{T-1}``, inputs
 ``x_h = E(z_h) + Ẽ(z_{h-1})`` with ``E(k) = e_k``, ``Ẽ(k) = e_{N+k}`` (``x_0 = E(z_0)``), and
 
     s_h = x_{T-1}ᵀ W x_h,    a = Σ_h σ(s)_h x_h,

@@ -1,4 +1,4 @@
-"""``RecallModule``: the LightningModule that trains a ``RecallTransformer`` (SPEC R.3–R.5)."""
+"""``RecallModule``: the LightningModule that trains a ``RecallTransformer`` (docs/science.md §R.3–R.5)."""
 
 from __future__ import annotations
 

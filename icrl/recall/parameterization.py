@@ -1,4 +1,4 @@
-"""Parameterizations of SPEC R.4: which matrices ``W, V, F`` (all d×d) are free and which fixed.
+"""Parameterizations of docs/science.md §R.4: which matrices ``W, V, F`` (all d×d) are free and which fixed.
 
 With the fixed basis embeddings ``E(k) = e_k`` (token) and ``Ẽ(k) = e_{N+k}`` (previous token):
 

@@ -1,4 +1,4 @@
-"""The in-context recall task (SPEC R.1, R.2): vocabulary layout, validation and Bayes risk.
+"""The in-context recall task (docs/science.md §R.1, R.2): vocabulary layout, validation and Bayes risk.
 
 Token layout for a vocabulary of ``N = vocab_size`` tokens::
 
@@ -31,7 +31,7 @@ def entropy(alpha: float) -> float:
 class RecallTask:
     """Sizes and noise level of one recall task; ``asdict`` of it is what data links into models.
 
-    ``alpha_hat`` is the empirical fraction of τ targets of a finite training sample (SPEC R.2:
+    ``alpha_hat`` is the empirical fraction of τ targets of a finite training sample (docs/science.md §R.2:
     the noisy Reparam model then uses it for γ); it equals ``alpha`` for population training.
     """
 
@@ -88,7 +88,7 @@ class RecallTask:
 
     @property
     def bayes_risk(self) -> float:
-        """0 for the noiseless task, ``H(α)`` for the noisy one (SPEC R.6)."""
+        """0 for the noiseless task, ``H(α)`` for the noisy one (docs/science.md §R.6)."""
         return entropy(self.alpha)
 
     def as_dict(self) -> dict:

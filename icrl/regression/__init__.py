@@ -1,4 +1,4 @@
-"""Template regression with representations (SPEC T): data, models, closed-form references."""
+"""Template regression with representations (docs/science.md §T): data, models, closed-form references."""
 
 from icrl.regression.data import TemplateRegressionDataModule
 from icrl.regression.models import OneLayerMultiHead, TransformerBaseline

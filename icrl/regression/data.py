@@ -1,4 +1,4 @@
-"""Template-regression prompts (SPEC T.1): a fixed token table and a stream of noisy templates.
+"""Template-regression prompts (docs/science.md §T.1): a fixed token table and a stream of noisy templates.
 
 Drawn once from ``seed``: tokens ``v_k ~ N(0, I_d)`` and representations ``f(v_k) ~ N(0, I_m)``,
 ``k = 1 … K`` (the paper says only "Gaussian"; the scale of ``v`` is absorbed by ``β``). Each

@@ -3,7 +3,7 @@
 Both map the fixed tokens ``v`` (``(K, d)``, shared by every prompt, or ``(B, K, d)``) and the
 prompt labels ``y`` (``(B, N)``, labels of the first ``N`` tokens) to predictions for all ``K``
 tokens, ``(B, K)``, and name their read-out parameters (``w``), which train with their own step
-size ``η_w = γ² η_Q`` (SPEC T.2).
+size ``η_w = γ² η_Q`` (docs/science.md §T.2).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 
 class OneLayerMultiHead(nn.Module):
-    """One-layer multi-head softmax attention (SPEC T.2), all heads at once.
+    """One-layer multi-head softmax attention (docs/science.md §T.2), all heads at once.
 
     ``ŷ_k = Σ_h w_{h,k} · yᵀ softmax(V_Nᵀ Q_h v_k)`` with ``V_N = [v_1 … v_N]``, one query-key
     matrix ``Q_h ∈ R^{d×d}`` and one read-out vector ``w_h ∈ R^K`` per head. Init:
@@ -49,7 +49,7 @@ class OneLayerMultiHead(nn.Module):
 
 
 class TransformerBaseline(nn.Module):
-    """Standard pre-LN transformer encoder over the ``K`` tokens (SPEC T.4's deep baseline).
+    """Standard pre-LN transformer encoder over the ``K`` tokens (docs/science.md §T.4's deep baseline).
 
     Token ``k`` enters as ``[v_k, y_k·1{k ≤ N}, 1{k ≤ N}]`` (its label, or 0, and a labelled flag),
     linearly embedded to ``d_model``; ``n_layers`` ``nn.TransformerEncoderLayer``s attend over all

@@ -47,7 +47,7 @@ class TemplateRegressionModule(LightningModule):
     Args:
         task: sizes of the task, linked from ``TemplateRegressionDataModule.task``.
         gamma: the read-out ``w`` trains with step size ``γ² η`` where ``η`` is the optimizer's lr
-            (SPEC T.2: ``η_w = γ² η_Q``).
+            (docs/science.md §T.2: ``η_w = γ² η_Q``).
         optimizer: optimizer factory over the parameter groups ``[Q (all but the read-out), w]``;
             default Adam with lr 1e-4 (paper).
     """
@@ -108,7 +108,7 @@ class TemplateRegressionModule(LightningModule):
 
 
 class OneLayerRegression(TemplateRegressionModule):
-    """The paper's one-layer multi-head softmax model (SPEC T.2), ``heads`` ``H`` and init std ``beta``."""
+    """The paper's one-layer multi-head softmax model (docs/science.md §T.2), ``heads`` ``H`` and init std ``beta``."""
 
     def __init__(
         self,
@@ -123,7 +123,7 @@ class OneLayerRegression(TemplateRegressionModule):
 
 
 class TransformerRegression(TemplateRegressionModule):
-    """The standard-transformer baseline of SPEC T.4 (4 layers, ``d_model`` 256, ``d_ff`` 512, 8 heads)."""
+    """The standard-transformer baseline of docs/science.md §T.4 (4 layers, ``d_model`` 256, ``d_ff`` 512, 8 heads)."""
 
     def __init__(
         self,

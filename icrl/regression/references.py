@@ -1,4 +1,4 @@
-"""Closed-form reference predictors of template regression (SPEC T.3).
+"""Closed-form reference predictors of template regression (docs/science.md §T.3).
 
 With ``Z = [f(v_1) … f(v_N)]`` (``m × N``) the representations of the ``N`` labelled tokens, ``y``
 their labels and ``F_K`` the representations of all ``K`` tokens, every reference is a ridge

@@ -2,7 +2,7 @@
 
 An ``Experiment`` is plain data: the ``Run``s to train (a YAML under ``configs/`` and the
 ``icrl fit`` overrides that make the figure's variant), the ``Figure``s to draw from their logged
-scalars, the end values to tabulate and the ``Check``s: the papers' claims (Bayes risk, SPEC R.6's
+scalars, the end values to tabulate and the ``Check``s: the papers' claims (Bayes risk, docs/science.md §R.6's
 closed forms, ridge gaps) as a reference value and a tolerance. ``--quick`` appends the
 experiment's ``quick`` overrides to every run. The experiments themselves are defined in
 ``icrl.reproduce.recall`` and ``icrl.reproduce.regression``; add one there and to their tuple.

@@ -1,9 +1,9 @@
-"""In-context recall experiments of ``icrl-reproduce`` (SPEC R.6), from the configs under ``configs/recall/``.
+"""In-context recall experiments of ``icrl-reproduce`` (docs/science.md §R.6), from the configs under ``configs/recall/``.
 
 The paper's figures (arXiv 2505.15009 v2): Figure 1 (five models, noiseless and α = 0.5), Figure 2
 (Reparam-Linear-W, η = 0.1 and 0.5), Figures 3–5 (Origin-Linear, Reparam-Linear-W, Reparam-Linear
 at α ∈ {0.2, 0.5, 0.8}); its first version adds finite-sample training and the layer-wise logit
-margins. The checks are the SPEC's findings: Reparam-Linear-FA at the Bayes risk (0 or ``H(α)``)
+margins. The checks are the findings of docs/science.md §R.6: Reparam-Linear-FA at the Bayes risk (0 or ``H(α)``)
 in and out of distribution with ``p(τ) → α`` on unseen outputs; the fixed-U softmax floor
 ``ln(1 + (N−1)/e)``; Reparam-Linear-W-FA fitting in distribution with limited OOD generalization;
 Origin-Linear-FA fitting the training distribution and failing on unseen outputs.
@@ -17,7 +17,7 @@ from icrl.recall.task import entropy
 from icrl.reproduce.experiments import Check, Curves, Experiment, Figure, Ref, Run, Sweep
 
 PAPER = "Nguyen & Nguyen-Tang, in-context recall (arXiv 2505.15009)"
-SOFTMAX_FLOOR = math.log(1 + 59 / math.e)  # SPEC R.6: fixed-U Reparam-Softmax, N = 60
+SOFTMAX_FLOOR = math.log(1 + 59 / math.e)  # docs/science.md §R.6: fixed-U Reparam-Softmax, N = 60
 LN2 = math.log(2)
 
 FIG1_MODELS = ("Reparam-Linear-FA", "Reparam-Softmax-FA", "Reparam-Linear-W-FA", "Origin-Linear-FA",
@@ -272,7 +272,7 @@ def recall_margins_fig() -> Experiment:
                  ("val/logit_ff_tau", "ξ_F,τ"), ("val/max_logit_ff", "max ξ_F")),
         checks=tuple(checks), references=REFERENCES,
         note="A mean logit equals the mean largest logit only if that token has the largest logit in every prompt: "
-             "Reparam-Linear-FA's attention then recalls y and its feed-forward block predicts τ (SPEC R.4: "
+             "Reparam-Linear-FA's attention then recalls y and its feed-forward block predicts τ (docs/science.md §R.4: "
              "ξ_A,y = Λ, ξ_F,τ = γ + Λ). Reparam-Linear-W-FA and Origin-Linear-FA are drawn for comparison, "
              "without a claim: their free matrices need not split the two roles that way (the end-value table "
              "shows by how much).",

@@ -1,4 +1,4 @@
-"""Template-regression experiments of ``icrl-reproduce``: Figures 2–5 of Yang et al. (SPEC T.4).
+"""Template-regression experiments of ``icrl-reproduce``: Figures 2–5 of Yang et al. (docs/science.md §T.4).
 
 The configs under ``configs/regression/`` hold the paper's sizes (5000 Adam steps, batch 256, a
 4-layer baseline meant for a GPU: ~15 s a step on 2 CPU cores). ``--quick`` shrinks steps, the
@@ -33,7 +33,7 @@ def fig2() -> Experiment:
             ("val/loss", "inference loss (test prompts)", "val/ridge_loss"),
             ("val/unseen_example_loss", "unseen examples (the K − N unlabelled tokens)", None),
             ("val/unseen_task_loss", "unseen tasks (λ ~ N(1, 4I))", "val/unseen_task_ridge_loss")):
-        refs = ((ridge, "ridge regression (SPEC T.3)"),) if ridge else ()
+        refs = ((ridge, "ridge regression (docs/science.md §T.3)"),) if ridge else ()
         panels.append(Curves(metric, title, "mean squared error", ref_metrics=refs))
     checks = (
         Check({"model": one}, "val/loss", Ref("val/ridge_loss"), "trained model ≈ ridge regression", rtol=0.25),
