@@ -122,7 +122,8 @@ def test_bad_sweep_is_refused_before_any_run(tmp_path, capsys, grid, message):
 
 def test_killed_sweep_keeps_finished_runs_and_resumes_the_other(tmp_path, trained):
     sweep = write_sweep(tmp_path / "sweep.yaml", grid={"data.alpha": [0.0, 0.5]}, seeds=[0],
-                        args=["--trainer.max_steps", "400", "--trainer.val_check_interval", "20"])
+                        args=["--trainer.max_steps", "400", "--trainer.val_check_interval", "20",
+                              "--checkpoint_every_n_steps", "20"])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "icrl.cli", "sweep", str(sweep), "--out", str(out), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
