@@ -42,13 +42,12 @@ DIST_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RAN
 
 
 class SweepRun(Callback):
-    """Adds a ``ScalarFile`` in the run's log folder and makes its checkpointing keep ``last.ckpt``."""
+    """Adds a ``ScalarFile`` in the run's log folder (``last.ckpt``, what an interrupted sweep resumes
+    from, is written by every ``icrl fit``: ``icrl.checkpoints.RunCheckpoint``)."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if not any(isinstance(lg, ScalarFile) for lg in trainer.loggers):
             trainer.loggers = [*trainer.loggers, ScalarFile(trainer.log_dir or trainer.default_root_dir)]
-        for checkpoint in trainer.checkpoint_callbacks:  # what an interrupted sweep resumes from
-            checkpoint.save_last = checkpoint.save_last or True
 
 
 def code_version() -> str:
