@@ -82,3 +82,22 @@ def test_a_diverged_model_shows_nan_metrics():
     metric = MeanProbability()
     metric.update(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([0, 1]))
     assert metric.compute().isnan()
+
+
+def test_the_callback_metrics_cover_every_batch_of_each_loader_and_reset_between_validations():
+    from lightning.pytorch import Trainer
+
+    from icrl.recall import RecallDataModule, RecallEvaluation, RecallModule
+
+    data = RecallDataModule(context_length=16, alpha=0.2, n_val=96, val_batch_size=32)  # 3 batches a loader
+    model = RecallModule(data.task, attention=SoftmaxAttention(), parameterization=RANDOM["origin"])
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[RecallEvaluation()])
+    first, again = trainer.validate(model, data, verbose=False), trainer.validate(model, data, verbose=False)
+    assert first == again  # nothing of the first validation is left in the second
+    with torch.no_grad():
+        for results, batch in zip(first, data.val_sets()):
+            logits = model(batch["tokens"]).logits
+            expected = ExpectedCrossEntropy(0.2, model.task.noise_token)
+            expected.update(logits, batch["output"])
+            key = "val/expected_loss" if "val/expected_loss" in results else "val/ood_expected_loss"
+            assert results[key] == pytest.approx(expected.compute().item(), abs=1e-6)

@@ -92,6 +92,25 @@ def test_sweep_summary_reuse_and_changed_yaml(tmp_path, trained, capsys):
     assert float(rows["alpha=0.5"]["val/loss mean"]) != pytest.approx(expected, abs=1e-4)
 
 
+def test_runs_in_one_warm_process_share_the_parsers_not_the_arguments(tmp_path):
+    from icrl.sweep.run import plan_job, run_one
+
+    tiny = [a for k, v in TINY.items() for a in (f"--{k}", str(v))]
+    other = plan_job(str(BASE), [*tiny, "--model.init_args.d_model", "160", "--data.alpha", "0.5",
+                                 "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor"], 1,
+                     tmp_path / "a", "v")
+    plain = plan_job(str(BASE), tiny, 0, tmp_path / "b", "v")
+    again = plain | {"dir": str(tmp_path / "c")}
+    for job in (other, plain, again):
+        assert run_one(job)["exit_code"] == 0
+    expected = yaml.safe_load(resolve(str(BASE), tiny, 0))
+    for job in (plain, again):  # what each of these runs trained from is exactly its own resolved config
+        saved = yaml.safe_load(next(Path(job["dir"]).rglob("config.yaml")).read_text())
+        assert saved == expected | {"trainer": expected["trainer"] | {"default_root_dir": job["dir"]}}
+        assert [c["class_path"] for c in saved["trainer"]["callbacks"]] == ["icrl.recall.RecallEvaluation",
+                                                                          "icrl.sweep.run.SweepRun"]
+
+
 def test_a_failed_run_is_listed_and_the_others_finish(tmp_path, capsys):
     sweep = write_sweep(tmp_path / "sweep.yaml", BASE.with_name("origin-linear-fa.yaml"),
                         grid={"model.init_args.d_model": [8, 128]}, seeds=[0])

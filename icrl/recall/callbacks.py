@@ -42,21 +42,27 @@ class RecallEvaluation(Callback):
         self.metrics = nn.ModuleList([nn.ModuleDict(in_dist), nn.ModuleDict(ood)])
         self.noise_token = task.noise_token
 
-    def _step(self, pl_module: LightningModule, stage: str, outputs: dict, batch: dict, dataloader_idx: int) -> None:
+    def _step(self, pl_module: LightningModule, stage: str, outputs: dict, batch: dict, batch_idx: int,
+              dataloader_idx: int) -> None:
         out, y = outputs["output"], batch["output"]
         tau = torch.full_like(y, self.noise_token)
         attn, ff = (out.logits_attn, y), (out.logits_ff, tau)
         inputs = {"margin_attn": attn, "logit_attn_y": attn, "max_logit_attn": attn,
                   "margin_ff": ff, "logit_ff_tau": ff, "max_logit_ff": ff, "p_noise_ood": (out.logits, tau)}
-        metrics = self.metrics[dataloader_idx].to(pl_module.device)
+        metrics = self.metrics[dataloader_idx]
+        first = batch_idx == 0  # batch_idx restarts with each dataloader
+        if first:
+            metrics.to(pl_module.device)
         for name, metric in metrics.items():
             metric.update(*inputs.get(name, (out.logits, y)))
-            # logged in this loader's step, computed and reset by Lightning at the epoch's end; a metric that is not
-            # the module's own needs its metric_attribute named (Lightning only records it)
-            pl_module.log(f"{stage}/{name}", metric, add_dataloader_idx=False, metric_attribute=name)
+            if first:
+                # Lightning keeps the logged metric object (under this loader) and computes and resets it at the epoch's
+                # end, so one log a loader suffices: logging it every batch costs ~1 ms a call and adds nothing. A
+                # metric that is not the module's own needs its metric_attribute named (Lightning only records it).
+                pl_module.log(f"{stage}/{name}", metric, add_dataloader_idx=False, metric_attribute=name)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._step(pl_module, "val", outputs, batch, dataloader_idx)
+        self._step(pl_module, "val", outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._step(pl_module, "test", outputs, batch, dataloader_idx)
+        self._step(pl_module, "test", outputs, batch, batch_idx, dataloader_idx)

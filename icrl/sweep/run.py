@@ -88,24 +88,43 @@ def resolve(config: str, args: tuple[str, ...] | list[str], seed: int) -> str:
 
 
 class _Built(Exception):
-    def __init__(self, parser):
-        self.parser = parser
+    def __init__(self, parsers):
+        self.parsers = parsers
 
 
 @functools.cache
-def fit_parser():
-    """``icrl fit``'s argument parser, built once (building it is most of the cost of ``--print_config``)."""
+def parsers() -> tuple:
+    """``icrl``'s argument parsers (the main one, the subcommands' method arguments, the subcommands'), built once
+    per process: building them is most of the cost of ``--print_config`` and ~0.7 s of every run's start."""
     from icrl.cli import IcrlCLI, cli_main
 
     class ParserOnly(IcrlCLI):  # the CLI of cli_main, stopped before it parses sys.argv
         def parse_arguments(self, parser, args) -> None:
-            raise _Built(self._subcommand_parsers["fit"])
+            raise _Built((self.parser, self._subcommand_method_arguments, self._subcommand_parsers))
 
     try:
         cli_main([], cli_class=ParserOnly)
     except _Built as built:
-        return built.parser
+        return built.parsers
     raise RuntimeError("LightningCLI no longer parses its arguments in parse_arguments")
+
+
+def fit_parser():
+    """``icrl fit``'s argument parser (``parsers``)."""
+    return parsers()[2]["fit"]
+
+
+@functools.cache
+def warm_cli():
+    """``IcrlCLI`` on the parsers of ``parsers``: a warm worker's runs do not rebuild them (a parse leaves a
+    parser as it was, so one run's arguments never reach the next; ``test_sweep`` checks it)."""
+    from icrl.cli import IcrlCLI
+
+    class WarmCLI(IcrlCLI):
+        def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+            self.parser, self._subcommand_method_arguments, self._subcommand_parsers = parsers()
+
+    return WarmCLI
 
 
 def processes(trainer: dict) -> tuple[int, int]:
@@ -211,7 +230,7 @@ def _fit_here(args: list[str], log) -> int:
         for q in quiet:
             q.setLevel(logging.WARNING)
         try:
-            cli_main(args)
+            cli_main(args, cli_class=warm_cli())
         except SystemExit as exit_:  # the CLI's config errors: exit 2
             code = exit_.code if isinstance(exit_.code, int) else 1
         except NonFiniteLossError as err:
