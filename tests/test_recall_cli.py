@@ -43,7 +43,7 @@ def test_fit_logs_the_documented_scalars_to_tensorboard(run_cli, tmp_path):
     # after 60 steps Λ = 6: the closed form H(α) + ln(1 + (1-α)(N-2)e^{-Λ})
     assert logged["val/loss"][-1] == pytest.approx(math.log(2) + math.log(1 + 0.5 * 58 * math.exp(-6)), abs=0.01)
     hparams = cli.model.hparams
-    assert hparams["parameterization"] == {"class_path": "icrl.recall.Reparam", "init_args": {"value_scale": False}}
+    assert hparams["parameterization"] == {"class_path": "icrl.recall.Reparam", "init_args": {"value_scale": False, "free_sign": False}}
     assert hparams["attention"] == {"class_path": "icrl.recall.LinearAttention"} and hparams["task"]["alpha"] == 0.5
     assert len(logged["train/loss"]) == 6  # written every log_every_n_steps = 10 steps, not every step
 
@@ -140,6 +140,6 @@ def test_a_module_built_in_python_saves_plain_hyperparameters_and_reloads(tmp_pa
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, data)
     reloaded = RecallModule.load_from_checkpoint(next(tmp_path.rglob("*.ckpt")), weights_only=True)
-    assert type(reloaded.model.attention) is SoftmaxAttention and reloaded.model.param.s is not None
-    torch.testing.assert_close(reloaded.model.param.s, model.model.param.s)
-    assert model.model.param.s.item() != 1.0  # it trained, so the reload had something to restore
+    assert type(reloaded.model.attention) is SoftmaxAttention and reloaded.model.param.log_s is not None
+    torch.testing.assert_close(reloaded.model.param.log_s, model.model.param.log_s)
+    assert model.model.param.log_s.item() != 0.0  # it trained, so the reload had something to restore

@@ -114,3 +114,13 @@ def test_cli_init_option_trains_a_refused_combination(run_cli):
                   "--model.optimizer.lr", "0.5")
     assert cli.model.hparams["parameterization"] == {"class_path": "icrl.recall.Origin", "init_args": {"init_std": 0.01}}
     assert cli.trainer.callback_metrics["val/loss"].item() < torch.log(torch.tensor(60.0)).item() - 0.2
+
+
+@pytest.mark.parametrize("ff,alpha", [("none", 0.0), ("F", 0.0), ("F", 0.5)])
+def test_the_public_codes_shifted_relu_trains_zero_initialised_origin(ff, alpha):
+    # relu(s + 1e-8): σ(0) = 1e-8, so a ≠ 0 at the zero start, V moves by η on step one and W follows
+    task = RecallTask(**TASK, alpha=alpha)
+    model = RecallTransformer(task, 40, ReLUAttention(shift=1e-8), Origin, ff)
+    assert not model.param.W_.any() and not model.param.V_.any()
+    losses = train(model, task)
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.2 and model.param.W_.any() and model.param.V_.any()

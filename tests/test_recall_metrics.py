@@ -1,5 +1,6 @@
 """Recall metrics: the exact expected loss, its Bayes gap (≥ 0 by Gibbs' inequality), and states every device holds."""
 
+import math
 from functools import partial
 
 import pytest
@@ -58,7 +59,7 @@ def test_a_bayes_optimal_model_has_no_label_sampling_bias():
     model = RecallTransformer(task, attention=SoftmaxAttention(), parameterization=RANDOM["reparam"])
     with torch.no_grad():
         model.param.lam.fill_(10.0)
-        model.param.s.fill_(20.0)
+        model.param.log_s.fill_(math.log(20.0))
     batch = sample_recall(task, 1024, generator(12345))
     logits = model(batch["tokens"]).logits
     gap, sampled = BayesGap(0.2, task.noise_token, entropy(0.2)), MeanCrossEntropy()

@@ -11,6 +11,7 @@ from functools import partial
 
 from icrl.recall import (LinearAttention, Origin, RecallTask, RecallTransformer, ReLUAttention, Reparam, ReparamW,
                          SoftmaxAttention, entropy, sample_recall)
+from icrl.optim import NormalizedGD
 from icrl.recall.metrics import ExpectedCrossEntropy
 from icrl.streams import generator
 
@@ -141,10 +142,10 @@ def test_model_outputs_have_documented_shapes():
 def test_value_scaled_reparam_matrices_follow_spec():
     noisy = RecallTask(vocab_size=12, n_triggers=3, n_outputs=2, context_length=10, alpha=0.2)
     model = RecallTransformer(noisy, 24, SoftmaxAttention(), VALUE_SCALED)
-    assert model.param.s.item() == 1.0  # starts as the plain Reparam
+    assert model.param.scale().item() == 1.0  # starts as the plain Reparam
     with torch.no_grad():
         model.param.lam.fill_(2.5)
-        model.param.s.fill_(3.0)
+        model.param.log_s.fill_(math.log(3.0))
     E, tau, gamma = torch.eye(24), 11, math.log(0.2 / 0.8)
     torch.testing.assert_close(model.param.W(), 2.5 * torch.outer(E[0], E[12] - E[tau]))
     torch.testing.assert_close(model.param.V(), 3.0 * torch.eye(24))
@@ -158,7 +159,7 @@ def test_value_scaled_softmax_reparam_reaches_the_bayes_risk_in_and_out_of_distr
     model = RecallTransformer(task, attention=SoftmaxAttention(), parameterization=VALUE_SCALED, feedforward="FA")
     with torch.no_grad():
         model.param.lam.fill_(10.0)
-        model.param.s.fill_(20.0)
+        model.param.log_s.fill_(math.log(20.0))
     for ood in (False, True):
         batch = sample_recall(task, 512, generator(5), ood=ood)
         metric = ExpectedCrossEntropy(alpha, task.noise_token)
@@ -166,7 +167,34 @@ def test_value_scaled_softmax_reparam_reaches_the_bayes_risk_in_and_out_of_distr
         assert metric.compute().item() == pytest.approx(entropy(alpha), abs=1e-5), ood
     # and without the value scale (s = 1) the same λ stays far from it: the first version's floor
     with torch.no_grad():
-        model.param.s.fill_(1.0)
+        model.param.log_s.fill_(0.0)
     metric = ExpectedCrossEntropy(alpha, task.noise_token)
     metric.update(model(batch["tokens"]).logits, batch["output"])
     assert metric.compute().item() > entropy(alpha) + 1.0
+
+
+@pytest.mark.parametrize("free_sign", [False, True])
+def test_value_scale_must_stay_positive_at_long_contexts(free_sign):
+    # docs/science.md §R.4: at T = 1024, α = 0.5 the free-sign scale is driven below 0 from the uniform start
+    # (s ≈ −39, Λ ≈ −18 after 400 steps: OOD gap 3.2 nats), the positive s = e^σ reaches the Bayes risk
+    task = RecallTask(context_length=1024, alpha=0.5)
+    model = RecallTransformer(task, attention=SoftmaxAttention(), feedforward="FA",
+                              parameterization=partial(Reparam, value_scale=True, free_sign=free_sign))
+    opt = NormalizedGD(model.parameters(), lr=0.1)
+    gen = generator(0)
+    for _ in range(400):
+        batch = sample_recall(task, 128, gen)
+        opt.zero_grad()
+        nnf.cross_entropy(model(batch["tokens"]).logits, batch["target"]).backward()
+        opt.step()
+    batch = sample_recall(task, 1024, generator(1), ood=True)
+    with torch.no_grad():
+        logits = model(batch["tokens"]).logits
+    metric = ExpectedCrossEntropy(0.5, task.noise_token)
+    metric.update(logits, batch["output"])
+    gap, p_noise = metric.compute().item() - entropy(0.5), logits.softmax(-1)[:, task.noise_token].mean().item()
+    if free_sign:
+        assert model.param.scale().item() < 0 and model.param.lam.item() < 0 and gap > 1.0
+    else:
+        assert model.param.scale().item() > 1 and model.param.lam.item() > 5
+        assert 0 <= gap < 1e-3 and abs(p_noise - 0.5) < 0.02

@@ -13,7 +13,8 @@ from icrl.reproduce.results import check_rows, end_values, fmt_values, value_row
 from icrl.scalars import read_scalars
 
 EXPERIMENTS = ["recall-fig1", "recall-eta", "recall-alpha-sweep", "recall-finite", "recall-finite-fig",
-               "recall-margins", "recall-margins-fig", "regression-fig2", "regression-fig3", "regression-fig4",
+               "recall-margins", "recall-margins-fig", "recall-context-length", "recall-rate", "recall-finite-n",
+               "regression-fig2", "regression-fig3", "regression-fig4",
                "regression-fig5"]
 TINY = ["--quick", "--seeds", "0", "--steps", "30", "--no-progress"]
 
@@ -204,6 +205,22 @@ def test_checks_compare_the_mean_over_seeds():
     header, values = value_rows(exp, data)
     assert header[:3] == ["run", "steps", "Bayes risk"]
     assert values[6][:4] == ["Reparam-Linear-FA (α=0.5)", "20", "0.6931", "0.6932 ± 8.2e-05"]
+
+
+def test_rate_checks_read_the_log_slope_in_the_asymptotic_window():
+    exp = experiments()["recall-rate"]
+    steps = list(range(0, 600, 5))
+    data = {}
+    for run in exp.runs:
+        rate = run.params["eta"] * (1 if run.params["alpha"] else 1 / math.sqrt(5))
+        if run.params == {"alpha": 0.5, "eta": 0.2}:
+            rate *= 0.9  # a slope 10% off the theory's
+        # the gap above the window (ln 60 at the start) and the float floor below it must not bend the fit
+        gap = [min(4.1, 3 * math.exp(-rate * t)) + 1e-7 for t in steps]
+        data[run] = {0: {"scalars": {"val/bayes_gap": [steps, gap]}}}
+    rows = {r[0]: r for r in check_rows(exp, data)}
+    assert rows["Reparam-Linear-FA (α=0.0, η=0.1)"][2:4] == ["-0.0447", "-0.04472 ± 5%"]
+    assert [rows[label][-1] for label in rows].count("✗") == 1 and rows["Reparam-Linear-FA (α=0.5, η=0.2)"][-1] == "✗"
 
 
 def test_check_kinds():

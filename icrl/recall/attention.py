@@ -13,6 +13,8 @@ tensor([[0.5000, 0.5000, 0.5000]])
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -32,18 +34,33 @@ class LinearAttention(Attention):
 
 
 class ReLUAttention(Attention):
-    """``σ(s) = max(s, 0)``, with derivative 1 at ``s = 0``.
+    """``σ(s) = max(s + shift, 0)``, with derivative 1 at ``s + shift = 0``.
 
     The paper's parameterizations start from ``W = 0``, so all scores are 0 on the first step; with torch's
     ``relu'(0) = 0`` no gradient would ever reach ``W`` (or ``λ``) and attention would never form.
     Taking the right derivative at 0 (also a valid subgradient) lets it train.
 
+    ``shift = 1e-8`` is the first version's public code, ``relu(s + 1e-8)``: there ``σ(0) = 1e-8`` is
+    not 0, so the attention output of a zero-initialised model is tiny but not 0, normalized GD moves
+    ``V`` by η on the first step, and zero-initialised Origin-ReLU with feed-forward ``F`` or none
+    trains (with ``shift = 0`` it is refused, docs/science.md §R.6).
+
     >>> s = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
     >>> ReLUAttention()(s).sum().backward(); s.grad
     tensor([0., 1., 1.])
+    >>> ReLUAttention(shift=1e-8)(torch.zeros(2))
+    tensor([1.0000e-08, 1.0000e-08])
     """
 
+    def __init__(self, shift: float = 0.0):
+        super().__init__()
+        if not (shift >= 0 and math.isfinite(shift)):
+            raise ValueError(f"shift must be a finite number >= 0 (the public code's 1e-8, or 0), got shift={shift}")
+        self.shift = shift
+
     def forward(self, scores: Tensor) -> Tensor:
+        if self.shift:
+            scores = scores + self.shift
         return scores * (scores >= 0)
 
 

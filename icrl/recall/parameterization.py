@@ -7,9 +7,12 @@ With the fixed basis embeddings ``E(k) = e_k`` (token) and ``Ẽ(k) = e_{N+k}`` 
 - ``Reparam``: ``V = I``; noiseless ``W = Σ_{k∈Q} λ_k E(k)Ẽ(k)ᵀ`` (trainable λ ∈ R^{|Q|}), ``F = 0``;
   noisy ``W = Λ E(0)(Ẽ(0) − E(τ))ᵀ`` (trainable scalar Λ) and fixed ``F = E(τ)(γE(0) + Ẽ(0))ᵀ``
   with ``γ = log(α/(1−α))`` (α̂, the empirical α, for finite samples).
-  ``value_scale=True`` is the later paper version's **value-scaled Reparam**: a trainable scalar
-  ``s`` with ``V = s·I`` and, on the noisy task, ``F = E(τ)(γE(0) + s·Ẽ(0))ᵀ``; with softmax
-  attention it reaches the Bayes risk in and out of distribution as λ (Λ) and ``s`` grow.
+  ``value_scale=True`` is the later paper version's **value-scaled Reparam**: a scalar ``s > 0``
+  with ``V = s·I`` and, on the noisy task, ``F = E(τ)(γE(0) + s·Ẽ(0))ᵀ``; with softmax attention it
+  reaches the Bayes risk in and out of distribution, at every context length, as λ (Λ) and ``s``
+  grow. The scale is kept positive, ``s = e^σ`` with σ trainable from 0 (docs/science.md §R.4);
+  ``free_sign=True`` trains ``s`` itself, which at long contexts is driven below 0 and never
+  recovers (kept to reproduce that finding).
 - ``ReparamW``: as ``Reparam`` but ``W`` is a full free matrix (zero init, or ``init_std``).
 
 A model takes a parameterization as a callable ``(task, d_model, feedforward) -> Parameterization``
@@ -98,18 +101,26 @@ class Origin(Parameterization):
 class Reparam(Parameterization):
     """Structured, provably Bayes-optimal ``W`` (λ per trigger, or Λ on the noisy task), ``V = I``.
 
-    ``value_scale=True``: the value-scaled Reparam, ``V = s·I`` with a trainable scalar ``s`` that
-    also scales the previous-trigger coefficient of the noisy ``F``. ``s`` starts at 1, where the
-    model is the plain Reparam: at ``s = 0`` (``V = 0``) linear and ReLU attention would get no
-    gradient at all from the zero start.
+    ``value_scale=True``: the value-scaled Reparam, ``V = s·I`` with a trainable scale ``s = e^σ``
+    (parameter ``log_s`` = σ) that also scales the previous-trigger coefficient of the noisy ``F``.
+    ``s`` starts at 1, where the model is the plain Reparam: at ``s = 0`` (``V = 0``) linear and
+    ReLU attention would get no gradient at all from the zero start. It must stay positive: at the
+    uniform attention of the start, raising ``s`` lifts each filler token's logit (~1/50 of the
+    context) more than the output's (1/T), so at long contexts ``s`` is first pushed down; below 0,
+    attending to the output lowers its logit and Λ runs negative too. ``free_sign=True`` (parameter
+    ``s``) trains the scale itself and shows that failure (docs/science.md §R.4).
     """
 
     supports_noisy_without_ff = False
 
-    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", value_scale: bool = False):
+    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", value_scale: bool = False,
+                 free_sign: bool = False):
         super().__init__(task, d_model, feedforward)
+        if free_sign and not value_scale:
+            raise ValueError("free_sign=True is an option of the value scale: set value_scale=True too")
         N, q, tau = task.vocab_size, 0, task.noise_token
-        self.s = nn.Parameter(torch.ones(1)) if value_scale else None  # V = s·I
+        self.s = nn.Parameter(torch.ones(1)) if value_scale and free_sign else None  # V = s·I, s of either sign
+        self.log_s = nn.Parameter(torch.zeros(1)) if value_scale and not free_sign else None  # V = e^σ·I, σ = log_s
         self.init_W(task, d_model)
         # F = E(τ)(γE(q) + s·Ẽ(q))ᵀ on the noisy task (s = 1 without value_scale), F = 0 noiseless
         F_gamma, F_prev = torch.zeros(d_model, d_model), torch.zeros(d_model, d_model)
@@ -139,20 +150,26 @@ class Reparam(Parameterization):
             return self.lam * self.W_unit
         return self.zero.index_put((self.W_rows, self.W_cols), self.lam)
 
+    def scale(self) -> Tensor | None:
+        """The value scale ``s`` (shape (1,)), or ``None`` without ``value_scale``."""
+        return self.s if self.log_s is None else self.log_s.exp()
+
     def V(self) -> Tensor:
-        return self.eye if self.s is None else self.s * self.eye
+        s = self.scale()
+        return self.eye if s is None else s * self.eye
 
     def F(self) -> Tensor:
-        return self.F_gamma + (self.F_prev if self.s is None else self.s * self.F_prev)
+        s = self.scale()
+        return self.F_gamma + (self.F_prev if s is None else s * self.F_prev)
 
 
 class ReparamW(Reparam):
     """As ``Reparam`` with a full free ``W``: zero init, or ``N(0, init_std²)`` entries."""
 
     def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", value_scale: bool = False,
-                 init_std: float = 0.0):
+                 free_sign: bool = False, init_std: float = 0.0):
         self.init_std = init_std  # read by init_W, which Reparam.__init__ calls
-        super().__init__(task, d_model, feedforward, value_scale)
+        super().__init__(task, d_model, feedforward, value_scale, free_sign)
 
     def init_W(self, task: RecallTask, d_model: int) -> None:
         self.W_ = free_matrix(d_model, self.init_std)

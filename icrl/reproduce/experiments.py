@@ -39,7 +39,7 @@ class Run:
         return all((self.model if k == "model" else self.params.get(k)) == v for k, v in where.items())
 
 
-PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H"}
+PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H", "context_length": "T", "n_samples": "n"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class Check:
 
     ``reference`` is a number (theory) or a ``Ref`` (a measured value: the ridge loss, another run).
     ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the value
-    of the run's curve that is checked, ``"end"`` (last logged), ``"first"`` or ``"max"`` (largest).
+    of the run's curve that is checked, ``"end"`` (last logged), ``"first"``, ``"max"`` (largest) or
+    ``"log_slope"`` (the slope of its logarithm against step where it lies in 1e-5 … 0.1: a linear rate).
     """
 
     run: dict  # selects the run (``Run.matches``)
@@ -112,6 +113,8 @@ class Curves:
     ref_metrics: tuple[tuple[str, str], ...] = ()  # horizontal lines at a metric's mean end value: (metric, label)
     x: str = "step"  # or "time": wall-clock seconds since the run's logger started; or "epoch" (below)
     epoch_steps: int = 0  # with x="epoch": steps per epoch; a value logged after step s is drawn at (s+1)/epoch_steps
+    theory: Callable[[float], float] | None = None  # a theory curve over x, drawn dashed beside the runs
+    theory_label: str = ""
 
     def __post_init__(self):
         if self.x not in ("step", "time", "epoch") or (self.x == "epoch") != (self.epoch_steps > 0):

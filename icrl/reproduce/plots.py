@@ -46,7 +46,7 @@ def _floor(values: np.ndarray, log: bool) -> tuple[np.ndarray, bool]:
 
 
 def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]) -> bool:
-    clipped = False
+    clipped, xs = False, []
     metrics = panel.metric if isinstance(panel.metric, tuple) else ((panel.metric, None),)
     for run, seeds in data.items():
         for (metric, label), style in zip(metrics, ["-", "--", ":"] * 3):  # a metric drawn over another stays visible
@@ -57,11 +57,17 @@ def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]
                 steps = (steps + 1) / panel.epoch_steps  # a value logged after step s (counted from 0)
             values, c = _floor(values, panel.log)
             clipped |= c
+            xs += [steps[0], steps[-1]]
             name = label or line_name(run, panel.legend)
             color = colors.setdefault(name, f"C{len(colors) % 10}")
             ax.plot(steps, values.mean(0), color=color, ls=style, label=name, lw=1.6, zorder=3)
             if len(values) > 1:
                 ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
+    if panel.theory is not None and xs:
+        grid = np.linspace(min(xs), max(xs), 200)
+        theory = np.array([panel.theory(x) for x in grid])
+        ax.plot(grid, np.maximum(theory, LOSS_FLOOR) if panel.log else theory, "k--", lw=1, label=panel.theory_label,
+                zorder=4)
     refs = list(panel.refs)
     for metric, label in panel.ref_metrics:
         ends = [mean_end(seeds, metric) for run, seeds in data.items() if run.matches(panel.where)]

@@ -15,13 +15,31 @@ from icrl.reproduce.experiments import Experiment, Ref, Run
 RunSeeds = dict[int, dict]  # seed -> worker result ({"scalars": {tag: [steps, values]}, "error": ...})
 
 
-READ = {"end": lambda v: v[-1], "first": lambda v: v[0], "max": max}  # a curve's value a check reads
+SLOPE_WINDOW = (1e-5, 0.1)  # the asymptotic regime of a gap, above float32's resolution of the losses
+
+
+def log_slope(steps, values, window: tuple[float, float] = SLOPE_WINDOW) -> float:
+    """Least-squares slope of ``ln(value)`` against step over the points with value in ``window``
+    (NaN with fewer than 3 such points): a linear rate ``gap ∝ e^{−ct}`` reads ``−c``.
+
+    >>> round(log_slope([0, 10, 20, 30, 40], [1.0, 0.05, 0.0025, 1.25e-4, 1e-9]), 4)  # 1.0 and 1e-9: outside
+    -0.2996
+    """
+    x, y = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    keep = (y >= window[0]) & (y <= window[1])
+    if keep.sum() < 3:
+        return math.nan
+    return float(np.polyfit(x[keep], np.log(y[keep]), 1)[0])
+
+
+# the value of a curve a check reads: its last, first or largest value, or its log-slope
+READ = {"end": lambda s, v: v[-1], "first": lambda s, v: v[0], "max": lambda s, v: max(v), "log_slope": log_slope}
 
 
 def end_values(seeds: RunSeeds, metric: str, at: str = "end") -> np.ndarray:
-    """The last (``at="first"``: first, ``"max"``: largest) logged value of ``metric`` per seed (NaN where a
-    seed did not log it)."""
-    return np.array([READ[at](r["scalars"][metric][1]) if metric in r["scalars"] else math.nan
+    """The last (``at="first"``: first, ``"max"``: largest, ``"log_slope"``: ``log_slope``) logged value of
+    ``metric`` per seed (NaN where a seed did not log it)."""
+    return np.array([READ[at](*r["scalars"][metric][:2]) if metric in r["scalars"] else math.nan
                      for r in seeds.values()], dtype=float)
 
 
