@@ -27,6 +27,8 @@ BAD = {
     "gamma = 0": (["--model.gamma", "0"], "gamma must be finite and > 0 (η_w = γ² η_Q), got gamma=0.0"),
     "noise_var < 0": (["--data.noise_var", "-1"], "noise_var (a variance) must be finite and >= 0, got noise_var=-1.0"),
     "ood_var < 0": (["--data.ood_var", "-4"], "ood_var (a variance) must be finite and >= 0, got ood_var=-4.0"),
+    "unknown targets": (["--data.targets", "noisy"],
+                        "Parser key \"targets\": Expected a typing.Literal['independent', 'noiseless', 'shared']. Got value: noisy"),
     "noiseless and N < m": (["--data.noise_var", "0", "--data.n_basis", "40"],
                             "noise_var=0 needs n_labelled >= n_basis = 40"),
     "lr = 0": (["--model.optimizer.lr", "0"], "optimizer: the learning rate must be > 0, got lr=0.0"),
@@ -90,6 +92,14 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(config, run_cli
     assert full.keys() == end.keys() and "val/unseen_task_loss" in full
     for key in full:
         assert end[key] == pytest.approx(full[key], abs=1e-6), key
+
+
+def test_resume_under_other_targets_is_refused(run_cli, capsys):
+    ckpt = run_cli("fit", "--config", *ONE_LAYER, "--trainer.max_steps", "2").trainer.checkpoint_callback.last_model_path
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", *ONE_LAYER, "--data.targets", "shared", "--trainer.max_steps", "4", "--ckpt_path", ckpt)
+    assert exit_info.value.code == 2
+    assert "data.targets='independent' there, 'shared' here" in capsys.readouterr().err
 
 
 def test_checkpoint_holds_the_tables_and_the_stream_position(run_cli, tmp_path):

@@ -14,8 +14,8 @@ from icrl.scalars import read_scalars
 
 EXPERIMENTS = ["recall-fig1", "recall-eta", "recall-alpha-sweep", "recall-finite", "recall-finite-fig",
                "recall-margins", "recall-margins-fig", "recall-context-length", "recall-rate", "recall-finite-n",
-               "regression-fig2", "regression-fig3", "regression-fig4",
-               "regression-fig5"]
+               "regression-fig2", "regression-fig3", "regression-fig4", "regression-fig5", "regression-gd-rate",
+               "regression-heads-vs-n"]
 TINY = ["--quick", "--seeds", "0", "--steps", "30", "--no-progress"]
 
 
@@ -129,7 +129,6 @@ def test_recall_margins_fig_logits_follow_the_reparameterization(tmp_path):
 
 def test_regression_fig4_too_many_heads_for_the_step_size_overshoot(tmp_path):
     from icrl.regression import TemplateRegressionDataModule
-    from icrl.regression.data import POOL, PromptStream, generator, sample_labels
 
     main(["regression-fig4", "--quick", "--seeds", "0", "--steps", "6", "--no-progress", "--out", str(tmp_path)])
     assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == ["regression-fig4-instability.png",
@@ -139,13 +138,12 @@ def test_regression_fig4_too_many_heads_for_the_step_size_overshoot(tmp_path):
     assert rows["| 1-layer, lr 3e-3 (H=1024)", "`train/loss` (max)"].endswith("| ✓ |")  # the overshoot
     assert rows["| 1-layer, lr 3e-3 (H=64)", "`train/loss` (max)"].endswith("| ✓ |")  # none
     assert rows["| 1-layer, lr 3e-3 (H=1024)", "`val/loss`"].endswith("| ✓ |")
-    # w = 0 at the start: the first logged loss (the checks' "first") is the first batch's mean y², for every H
-    dm = TemplateRegressionDataModule(n_train=10000)  # the config's task, seed 0
-    pool = sample_labels(dm.f, 10000, 0.01, generator(0, POOL))
-    y = PromptStream(dm.v, dm.f, 256, 0.01, 0, 0, 0, pool).batch(0)["y"]
+    # w = 0 at the start: the first logged loss (the checks' "first") is the first batch's mean squared target,
+    # for every H
+    target = next(iter(TemplateRegressionDataModule(n_train=10000).train_dataloader()))["target"]  # the config's task
     for h in (8, 1024):
         assert logged(tmp_path, "regression-fig4-heads", "train/loss", f"heads={h}")[1][0] == pytest.approx(
-            y.square().mean().item(), rel=1e-5)
+            target.square().mean().item(), rel=1e-5)
 
 
 def test_unknown_experiment_is_a_usage_error(tmp_path, capsys):
@@ -241,7 +239,7 @@ def test_plan_shares_runs_and_scopes_fit_args():
                              fit_args=scoped)
     # recall-margins' runs are recall-fig1's: the same point, trained once per seed
     assert points["recall-margins", "Reparam-Linear-FA (α=0.5)"] == points["recall-fig1", "Reparam-Linear-FA (α=0.5)"]
-    assert len(set(points.values())) == 12 + 2  # recall-fig1's six models × 2 α, regression-fig2's two
+    assert len(set(points.values())) == 12 + 3  # recall-fig1's six models × 2 α, regression-fig2's three
     assert points["recall-fig1", "Reparam-Linear-FA (α=0.5)"].name == "recall-fig1-reparam-linear-fa/alpha=0.5"
     four = points["regression-fig2", "4-layer transformer"].args
     one = points["regression-fig2", "1-layer, H = 64"].args

@@ -1,13 +1,16 @@
 """Template-regression prompts (docs/science.md §T.1): a fixed token table and a stream of noisy templates.
 
-Drawn once from ``seed``: tokens ``v_k ~ N(0, I_d)`` and representations ``f(v_k) ~ N(0, I_m)``,
-``k = 1 … K`` (the paper says only "Gaussian"; the scale of ``v`` is absorbed by ``β``). Each
+Drawn once from ``seed``: tokens ``v_k ~ N(0, I_d)`` and representations ``f(v_k) ~ N(0, σ_f² I_m)``,
+``k = 1 … K``, ``σ_f = repr_std`` (the paper says only "Gaussian"; the scale of ``v`` is absorbed by
+``β``, the scale of ``f`` matters through ``τ/σ_f²``, docs/science.md §T.3). Each
 prompt draws a template ``λ ~ N(0, I_m)`` and labels ``y_k = λᵀ (f(v_k) + ε_k)``,
-``ε_k ~ N(0, τ I_m)``, for all ``K`` tokens; the first ``N`` labels are the prompt and the model is
-scored on all ``K``. Unseen tasks draw ``λ ~ N(1, 4 I)`` instead.
+``ε_k ~ N(0, τ I_m)``, for all ``K`` tokens; the first ``N`` labels are the prompt. The model
+predicts all ``K`` tokens and is scored against targets ``t`` (``targets``, docs/science.md §T.1):
+``"independent"`` (default) ``t_k = λᵀ (f(v_k) + ε'_k)`` with noise independent of the prompt's,
+``"noiseless"`` ``t_k = λᵀ f(v_k)``, ``"shared"`` ``t = y``. Unseen tasks draw ``λ ~ N(1, 4 I)``.
 
-A batch is a dict ``{"v": (K, d), "f": (K, m), "y": (B, K)}``: the shared tables travel once per
-batch, not once per prompt. Training batch ``i`` on rank ``r`` is a pure function of
+A batch is a dict ``{"v": (K, d), "f": (K, m), "y": (B, K), "target": (B, K)}``: the shared tables
+travel once per batch, not once per prompt. Training batch ``i`` on rank ``r`` is a pure function of
 ``(seed, r, i)``, so the stream does not depend on ``num_workers`` and a resumed run continues it.
 Under DDP each rank validates its own contiguous share of each validation set (no padding, no
 prompt twice), so the metrics, summed over ranks, are those of one process.
@@ -16,6 +19,7 @@ prompt twice), so the metrics, summed over ranks, are those of one process.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +30,7 @@ from icrl.streams import (BatchStream, FixedBatches, StreamDataModule, StreamLoa
 
 # Stream ids: independent random streams derived from one seed.
 TABLE, TRAIN, POOL, VAL, TEST = range(5)
+TARGETS = ("independent", "noiseless", "shared")  # laws of the targets (sample_prompts)
 
 
 def sample_labels(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mean: float = 0.0, var: float = 1.0) -> Tensor:
@@ -38,33 +43,63 @@ def sample_labels(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mea
     >>> y.shape, round(y.var().item(), 1)
     (torch.Size([50000, 3]), 1.0)
     """
+    return sample_prompts(f, n, noise_var, gen, mean, var)[0]
+
+
+def sample_prompts(
+    f: Tensor, n: int, noise_var: float, gen: torch.Generator, mean: float = 0.0, var: float = 1.0,
+    targets: str = "shared", n_labelled: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Labels ``y`` and targets ``t`` of ``n`` prompts, both ``(n, K)`` (see ``sample_labels`` for ``y``).
+
+    ``targets`` (docs/science.md §T.1): ``"shared"`` ``t = y`` (the same tensor); ``"noiseless"``
+    ``t_k = λᵀ f(v_k)``; ``"independent"`` ``t_k = λᵀ (f(v_k) + ε'_k)`` with ``ε'_k`` independent of
+    the prompt's noise: a fresh draw on the ``n_labelled`` prompt tokens, the unshown label itself on
+    the others. The extra draws come after the labels', so ``y`` is the same stream under every law.
+
+    >>> y, t = sample_prompts(torch.eye(3), 4, 0.1, torch.Generator().manual_seed(0), targets="independent", n_labelled=2)
+    >>> torch.equal(t[:, 2:], y[:, 2:]), bool((t[:, :2] != y[:, :2]).all())
+    (True, True)
+    """
     k, m = f.shape
     lam = mean + var**0.5 * torch.randn(n, m, generator=gen)  # (n, m)
-    noise = (noise_var**0.5 * lam.norm(dim=-1, keepdim=True)) * torch.randn(n, k, generator=gen)  # (n, K) = λᵀ ε_k
-    return lam @ f.T + noise  # (n, K)
+    scale = noise_var**0.5 * lam.norm(dim=-1, keepdim=True)  # (n, 1): std of λᵀ ε_k
+    clean = lam @ f.T  # (n, K) = λᵀ f(v_k)
+    y = clean + scale * torch.randn(n, k, generator=gen)  # (n, K)
+    if targets == "shared":
+        return y, y
+    if targets == "noiseless":
+        return y, clean
+    fresh = clean[:, :n_labelled] + scale * torch.randn(n, n_labelled, generator=gen)  # (n, N)
+    return y, torch.cat([fresh, y[:, n_labelled:]], dim=-1)
 
 
 class PromptStream(BatchStream):
     """Endless training batches; batch ``i`` is drawn from a generator seeded by (seed, rank, i).
 
-    Without ``pool`` each batch draws fresh prompts (population training); with ``pool`` (a fixed
-    ``(n_train, K)`` label set) it draws ``batch_size`` distinct prompts of the pool.
+    Without ``pool`` each batch draws fresh prompts (population training) with targets of the law
+    ``targets`` (see ``sample_prompts``); with ``pool`` (a fixed training set ``{"y", "target"}``,
+    each ``(n_train, K)``) it draws ``batch_size`` distinct prompts of the pool.
     """
 
     def __init__(
-        self, v: Tensor, f: Tensor, batch_size: int, noise_var: float, seed: int, rank: int, start: int, pool: Tensor | None
+        self, v: Tensor, f: Tensor, batch_size: int, noise_var: float, seed: int, rank: int, start: int,
+        pool: dict[str, Tensor] | None, targets: str, n_labelled: int,
     ):
         super().__init__(start)
         self.v, self.f, self.pool = v, f, pool
         self.batch_size, self.noise_var, self.seed, self.rank = batch_size, noise_var, seed, rank
+        self.targets, self.n_labelled = targets, n_labelled
 
     def batch(self, i: int) -> dict[str, Tensor]:
         gen = generator(self.seed, TRAIN, self.rank, i)
         if self.pool is None:
-            y = sample_labels(self.f, self.batch_size, self.noise_var, gen)
+            y, target = sample_prompts(self.f, self.batch_size, self.noise_var, gen, targets=self.targets,
+                                       n_labelled=self.n_labelled)
         else:
-            y = self.pool[torch.randperm(len(self.pool), generator=gen)[: self.batch_size]]
-        return {"v": self.v, "f": self.f, "y": y}
+            rows = torch.randperm(len(self.pool["y"]), generator=gen)[: self.batch_size]
+            y, target = self.pool["y"][rows], self.pool["target"][rows]
+        return {"v": self.v, "f": self.f, "y": y, "target": target}
 
 
 class TemplateRegressionDataModule(StreamDataModule):
@@ -77,6 +112,14 @@ class TemplateRegressionDataModule(StreamDataModule):
         token_dim: ``d``, dimension of the tokens ``v_k``.
         n_basis: ``m``, number of basis representations.
         noise_var: ``τ``, variance of the representation noise ``ε_k``.
+        repr_std: ``σ_f``, standard deviation of the entries of the representations ``f(v_k)``
+            (default 1). Only ``τ/σ_f²`` shapes the ridge-vs-best gap of Fig. 3; ``1/√m`` gives
+            ``E‖f(v_k)‖² = 1``, the noise energy ``mτ`` of Fig. 3 (m = 100, τ = 0.01).
+        targets: what the predictions are scored against, in training and validation
+            (docs/science.md §T.1): ``"independent"`` (default) a second noisy observation of each
+            token, its noise independent of the prompt's; ``"noiseless"`` ``λᵀ f(v_k)``;
+            ``"shared"`` the labels ``y`` themselves, the prompt's labels included (the loss-optimal
+            model then copies its prompt instead of doing ridge regression).
         batch_size: prompts per batch.
         n_train: ``None`` for an endless stream of fresh prompts; an integer for the paper's finite
             regime (a fixed training set of that many prompts, sampled batch by batch).
@@ -95,6 +138,8 @@ class TemplateRegressionDataModule(StreamDataModule):
         token_dim: int = 100,
         n_basis: int = 20,
         noise_var: float = 0.01,
+        repr_std: float = 1.0,
+        targets: Literal["independent", "noiseless", "shared"] = "independent",
         batch_size: int = 256,
         n_train: int | None = None,
         n_val: int = 200,
@@ -117,6 +162,10 @@ class TemplateRegressionDataModule(StreamDataModule):
         for name, value in dict(noise_var=noise_var, ood_var=ood_var).items():
             if not 0 <= value < math.inf:
                 raise ValueError(f"{name} (a variance) must be finite and >= 0, got {name}={value}")
+        if not 0 < repr_std < math.inf:
+            raise ValueError(f"repr_std (a standard deviation) must be finite and > 0, got repr_std={repr_std}")
+        if targets not in TARGETS:
+            raise ValueError(f"targets must be one of {list(TARGETS)}, got targets={targets!r}")
         if not math.isfinite(ood_mean):
             raise ValueError(f"ood_mean must be finite, got ood_mean={ood_mean}")
         if noise_var == 0 and n_labelled < n_basis:
@@ -130,7 +179,7 @@ class TemplateRegressionDataModule(StreamDataModule):
         self.save_hyperparameters()
         gen = generator(seed, TABLE)
         self.v = torch.randn(n_tokens, token_dim, generator=gen)  # (K, d)
-        self.f = torch.randn(n_tokens, n_basis, generator=gen)  # (K, m)
+        self.f = repr_std * torch.randn(n_tokens, n_basis, generator=gen)  # (K, m): one table direction per seed
 
     @property
     def task(self) -> dict:
@@ -142,9 +191,14 @@ class TemplateRegressionDataModule(StreamDataModule):
 
     def train_dataloader(self) -> StreamLoader:
         hp = self.hparams
-        pool = None if hp.n_train is None else sample_labels(self.f, hp.n_train, hp.noise_var, generator(hp.seed, POOL))
+        pool = None
+        if hp.n_train is not None:
+            y, target = sample_prompts(self.f, hp.n_train, hp.noise_var, generator(hp.seed, POOL), targets=hp.targets,
+                                       n_labelled=hp.n_labelled)
+            pool = {"y": y, "target": target}
         rank = rank_and_world(self.trainer)[0]
-        stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_consumed, pool)
+        stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_consumed, pool,
+                              hp.targets, hp.n_labelled)
         return self.stream_loader(stream)
 
     def _eval_loaders(self, stream: int) -> list[DataLoader]:
@@ -152,8 +206,10 @@ class TemplateRegressionDataModule(StreamDataModule):
         rank, world = rank_and_world(self.trainer)
         loaders = []
         for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)]):
-            y = sample_labels(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, stream, i), mean, var)  # (n_val, K)
-            batches = FixedBatches({"y": y}, hp.batch_size, rank, world, shared={"v": self.v, "f": self.f})
+            y, target = sample_prompts(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, stream, i), mean, var,
+                                       hp.targets, hp.n_labelled)  # (n_val, K) each
+            batches = FixedBatches({"y": y, "target": target}, hp.batch_size, rank, world,
+                                   shared={"v": self.v, "f": self.f})
             loaders.append(DataLoader(batches, batch_size=None))
         return loaders
 

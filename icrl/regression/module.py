@@ -1,22 +1,27 @@
 """LightningModules that train the template-regression networks and score them against ridge.
 
-Loss: ``(1/K) Σ_k (ŷ_k − y_k)²`` over all ``K`` tokens, averaged over prompts (torch's MSE). The
-paper's loss carries an extra 1/2, which only halves every gradient (a rescaled step size). The
-references' losses use the same convention, so ``val/loss`` is read against ``val/ridge_loss``.
+The model sees the ``N`` prompt labels ``y[:, :N]`` and predicts all ``K`` tokens; the loss is
+``(1/K) Σ_k (ŷ_k − t_k)²`` against the batch's targets ``t`` (``batch["target"]``, whose law the data
+module's ``targets`` sets), averaged over prompts (torch's MSE). The paper's loss carries an extra
+1/2, which only halves every gradient (a rescaled step size). The references' losses use the same
+convention, so ``val/loss`` is read against ``val/ridge_loss``.
 
 Logged on each validation set, ``val/`` (in-distribution prompts) and ``val/unseen_task_``
 (``λ ~ N(1, 4I)``), all as mean squared errors (torchmetrics, summed across processes); ``icrl test``
 logs the same under ``test/``:
 
-- ``loss``: model vs labels, all ``K`` tokens; ``unseen_example_loss``: the ``K − N`` unlabelled ones;
-- ``ridge_loss``, ``best_loss``: the references vs labels, the floor to compare ``loss`` with, and
+- ``loss``: model vs targets, all ``K`` tokens; ``unseen_example_loss``: the ``K − N`` unlabelled ones;
+- ``ridge_loss``, ``best_loss``: the references vs targets, the floor to compare ``loss`` with, and
   ``unseen_example_ridge_loss``, the floor of ``unseen_example_loss``;
-- ``ridge_gap``, ``best_gap``: ``(1/K) ‖ŷ − ŷ_ridge‖²`` and ``(1/K) ‖ŷ − ŷ_best‖²``;
+- ``ridge_gap``, ``best_gap``: ``(1/K) ‖ŷ − ŷ_ridge‖²`` and ``(1/K) ‖ŷ − ŷ_best‖²``; ``ridge_gap``
+  split by token: ``labelled_ridge_gap`` ``(1/N) ‖ŷ[:N] − ŷ_ridge[:N]‖²`` and
+  ``unseen_example_ridge_gap`` on the ``K − N`` others;
 - ``ridge_best_gap``: ``(1/K) ‖ŷ_ridge − ŷ_best‖²``, the gap of Fig. 3 in closed form.
 
-On labelled tokens the loss-optimal prediction is the label itself, not ridge; a model that learns
-to copy its prompt can end a little below ``ridge_loss``. On unseen tokens of in-distribution prompts
-ridge is the best predictor linear in ``y`` (as the one-layer model is), so there it is a true floor.
+With ``"independent"`` or ``"noiseless"`` targets ridge is, on every token of in-distribution
+prompts, the best predictor linear in ``y`` (as the one-layer model is), so ``ridge_loss`` is a true
+floor. With ``"shared"`` targets the loss-optimal prediction of a labelled token is its label, not
+ridge: a model that copies its prompt ends below ``ridge_loss`` there (docs/science.md §T.3).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from icrl.regression.references import best_reference, ridge_reference
 
 SET_PREFIXES = ("", "unseen_task_")  # dataloader_idx 0, 1: in-distribution prompts, unseen tasks
 VAL_METRICS = (
-    "loss", "unseen_example_loss", "ridge_loss", "unseen_example_ridge_loss", "best_loss", "ridge_gap", "best_gap", "ridge_best_gap"
+    "loss", "unseen_example_loss", "ridge_loss", "unseen_example_ridge_loss", "best_loss", "ridge_gap",
+    "labelled_ridge_gap", "unseen_example_ridge_gap", "best_gap", "ridge_best_gap",
 )
 
 
@@ -50,14 +56,28 @@ class TemplateRegressionModule(LightningModule):
             (docs/science.md §T.2: ``η_w = γ² η_Q``).
         optimizer: optimizer factory over the parameter groups ``[Q (all but the read-out), w]``;
             default Adam with lr 1e-4 (paper).
+        lr_drop_step: multiply both step sizes by ``lr_drop_factor`` from this training step on
+            (``None``: constant step sizes, the paper's). A late drop removes the jitter a constant
+            step size leaves around the minimum (docs/science.md §T.3).
+        lr_drop_factor: the factor, in (0, 1].
+
+    Besides the validation metrics it logs ``train/excess_loss``: the training loss minus the loss of
+    the least-squares predictor linear in the prompt labels, fitted on the same batch. No predictor
+    linear in ``y``, as the one-layer model is, can go below that fit, so for it the excess is ≥ 0 and is
+    its distance to the batch's global minimum (Theorem 1 of the paper: it falls at a linear rate).
     """
 
-    def __init__(self, task: dict | None = None, gamma: float = 1.0, optimizer: OptimizerCallable | None = None):
+    def __init__(self, task: dict | None = None, gamma: float = 1.0, optimizer: OptimizerCallable | None = None,
+                 lr_drop_step: int | None = None, lr_drop_factor: float = 0.1):
         super().__init__()
         if task is None:
             raise ValueError("task is None: pass the data module's task, e.g. TemplateRegressionDataModule(...).task")
         if not 0 < gamma < float("inf"):
             raise ValueError(f"gamma must be finite and > 0 (η_w = γ² η_Q), got gamma={gamma}")
+        if lr_drop_step is not None and lr_drop_step < 1:
+            raise ValueError(f"lr_drop_step must be None (no drop) or a step >= 1, got lr_drop_step={lr_drop_step}")
+        if not 0 < lr_drop_factor <= 1:
+            raise ValueError(f"lr_drop_factor must lie in (0, 1], got lr_drop_factor={lr_drop_factor}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = check_optimizer(optimizer or partial(torch.optim.Adam, lr=1e-4))  # a bad lr fails here, not at step 0
         self.val_metrics = nn.ModuleList(nn.ModuleDict({name: MeanSquaredError() for name in VAL_METRICS}) for _ in SET_PREFIXES)
@@ -67,24 +87,27 @@ class TemplateRegressionModule(LightningModule):
         return self.net(v, y_prompt)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        y = batch["y"]  # (B, K)
-        loss = F.mse_loss(self(batch["v"], y[:, : self.hparams.task["n_labelled"]]), y)
+        y_prompt, target = batch["y"][:, : self.hparams.task["n_labelled"]], batch["target"]  # (B, N), (B, K)
+        loss = F.mse_loss(self(batch["v"], y_prompt), target)
         if is_logging_step(self):
             self.log("train/loss", loss, prog_bar=True)
+            self.log("train/excess_loss", loss.detach() - least_squares_loss(y_prompt, target))
         return loss
 
     def _eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
         n, tau = self.hparams.task["n_labelled"], self.hparams.task["noise_var"]
-        f, y = batch["f"], batch["y"]  # (K, m), (B, K)
-        y_hat = self(batch["v"], y[:, :n])  # (B, K)
-        ridge, best = ridge_reference(f, y[:, :n], tau), best_reference(f, y[:, :n], tau)  # (B, K) each
+        f, y, t = batch["f"], batch["y"][:, :n], batch["target"]  # (K, m), (B, N) prompt labels, (B, K) targets
+        y_hat = self(batch["v"], y)  # (B, K)
+        ridge, best = ridge_reference(f, y, tau), best_reference(f, y, tau)  # (B, K) each
         pairs = dict(
-            loss=(y_hat, y),
-            unseen_example_loss=(y_hat[:, n:], y[:, n:]),
-            ridge_loss=(ridge, y),
-            unseen_example_ridge_loss=(ridge[:, n:], y[:, n:]),
-            best_loss=(best, y),
+            loss=(y_hat, t),
+            unseen_example_loss=(y_hat[:, n:], t[:, n:]),
+            ridge_loss=(ridge, t),
+            unseen_example_ridge_loss=(ridge[:, n:], t[:, n:]),
+            best_loss=(best, t),
             ridge_gap=(y_hat, ridge),
+            labelled_ridge_gap=(y_hat[:, :n], ridge[:, :n]),
+            unseen_example_ridge_gap=(y_hat[:, n:], ridge[:, n:]),
             best_gap=(y_hat, best),
             ridge_best_gap=(ridge, best),
         )
@@ -99,12 +122,29 @@ class TemplateRegressionModule(LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("test", batch, dataloader_idx)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         readout = list(self.net.readout_parameters())
         body = [p for p in self.net.parameters() if all(p is not r for r in readout)]
         optimizer = self.optimizer([{"params": body, "name": "Q"}, {"params": readout, "name": "w"}])
         optimizer.param_groups[1]["lr"] = self.hparams.gamma**2 * optimizer.defaults["lr"]
-        return optimizer
+        if self.hparams.lr_drop_step is None:
+            return optimizer
+        drop = torch.optim.lr_scheduler.MultiStepLR(optimizer, [self.hparams.lr_drop_step], self.hparams.lr_drop_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": drop, "interval": "step"}}
+
+
+def least_squares_loss(y_prompt: Tensor, target: Tensor) -> Tensor:
+    """``min_A (1/(BK)) ‖y_prompt A − target‖²``: the loss of the best predictor linear in the prompt labels,
+    fitted on this batch (in float64; a float32 scalar).
+
+    >>> y = torch.tensor([[1.0], [2.0]]); least_squares_loss(y, 3 * y) < 1e-12  # exactly linear: 0
+    tensor(True)
+    >>> least_squares_loss(y, torch.tensor([[1.0], [1.0]]))  # best A = 0.6: residuals 0.4, −0.2
+    tensor(0.1000)
+    """
+    y64, t64 = y_prompt.double(), target.double()
+    A = torch.linalg.lstsq(y64, t64).solution  # (N, K)
+    return F.mse_loss(y64 @ A, t64).float()
 
 
 class OneLayerRegression(TemplateRegressionModule):
@@ -117,8 +157,10 @@ class OneLayerRegression(TemplateRegressionModule):
         beta: float = 0.01,
         gamma: float = 1.0,
         optimizer: OptimizerCallable | None = None,
+        lr_drop_step: int | None = None,
+        lr_drop_factor: float = 0.1,
     ):
-        super().__init__(task, gamma, optimizer)
+        super().__init__(task, gamma, optimizer, lr_drop_step, lr_drop_factor)
         self.net = OneLayerMultiHead(task["n_tokens"], task["n_labelled"], task["token_dim"], heads, beta)
 
 
@@ -135,6 +177,8 @@ class TransformerRegression(TemplateRegressionModule):
         dropout: float = 0.0,
         gamma: float = 1.0,
         optimizer: OptimizerCallable | None = None,
+        lr_drop_step: int | None = None,
+        lr_drop_factor: float = 0.1,
     ):
-        super().__init__(task, gamma, optimizer)
+        super().__init__(task, gamma, optimizer, lr_drop_step, lr_drop_factor)
         self.net = TransformerBaseline(task["n_labelled"], task["token_dim"], n_layers, d_model, d_ff, n_heads, dropout)

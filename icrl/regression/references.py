@@ -6,7 +6,8 @@ regression over the basis, ``λ̂ = (Z Zᵀ + r I)^{-1} Z y``, ``ŷ = F_Kᵀ λ�
 
 - ``ridge_reference``: ``r = m τ``: what the trained one-layer transformer computes. Under the data
   law of ``icrl.regression.data`` (``λ ~ N(0, I_m)``, ``y_k = λᵀ(f(v_k) + ε_k)``) it is also the
-  linear minimum-mean-square predictor of ``λᵀ f(v_k)``, since ``E[y yᵀ] = Zᵀ Z + m τ I``.
+  best predictor linear in the prompt labels of ``λᵀ f(v_k)``, and of a noisy target whose noise is
+  independent of the prompt's, on every token: ``E[y yᵀ] = Zᵀ Z + m τ I`` and ``E[t yᵀ] = F_Kᵀ Z``.
 - ``best_reference``: ``r = N τ``: the paper's "best" predictor; the gap between the two vanishes
   at ``N = m`` (Fig. 3).
 
@@ -62,3 +63,24 @@ def best_reference(f: Tensor, y: Tensor, noise_var: float) -> Tensor:
     tensor([[2., 0.]])
     """
     return ridge_predict(f, y, y.shape[-1] * noise_var)
+
+
+def expected_ridge_best_gap(f: Tensor, n_labelled: int, noise_var: float) -> float:
+    """Fig. 3's gap in expectation over prompts ``λ ~ N(0, I_m)``: ``E (1/K) ‖ŷ_ridge − ŷ_best‖²``.
+
+    Both predictors are linear in the prompt labels, ``ŷ = F_Kᵀ (Z Zᵀ + r I)^{-1} Z y``, so with
+    ``M = F_Kᵀ [(Z Zᵀ + mτ I)^{-1} − (Z Zᵀ + Nτ I)^{-1}] Z`` and ``E[y yᵀ] = Zᵀ Z + mτ I``
+    (``E‖λ‖² = m``) the gap is ``tr(M E[y yᵀ] Mᵀ) / K``, computed in float64.
+
+    >>> f = torch.eye(2)  # K = m = 2, N = 1, τ = 0.5: M = [[1/(1+1) − 1/(1+0.5)], [0]] = [[−1/6], [0]]
+    >>> round(expected_ridge_best_gap(f, 1, 0.5), 6)  # (1/36)(1 + 1) / 2
+    0.027778
+    """
+    f = f.double()
+    k, m = f.shape
+    z_t = f[:n_labelled]  # (N, m) = Zᵀ
+    gram, eye = z_t.T @ z_t, torch.eye(m, dtype=f.dtype)
+    diff = torch.linalg.inv(gram + m * noise_var * eye) - torch.linalg.inv(gram + n_labelled * noise_var * eye)
+    M = f @ diff @ z_t.T  # (K, N)
+    cov = z_t @ z_t.T + m * noise_var * torch.eye(n_labelled, dtype=f.dtype)  # (N, N) E[y yᵀ]
+    return (torch.trace(M @ cov @ M.T) / k).item()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 LOSS_FLOOR = 1e-7  # zero (or negative) losses and gaps are drawn at this value on log axes
+SLOPE_WINDOW = (1e-5, 0.1)  # at="log_slope": a gap's asymptotic regime, above float32's resolution of the losses
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Run:
 PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H", "context_length": "T", "n_samples": "n"}
 
 
+def window_text(read) -> str:
+    return f" over {read.window[0]:g} … {read.window[1]:g}"
+
+
 @dataclass(frozen=True)
 class Ref:
     """A reference read from the runs: ``scale`` × the end value of ``metric`` (mean over seeds) of the
@@ -51,11 +56,12 @@ class Ref:
     where: dict | None = None
     scale: float = 1.0
     at: str = "end"
+    window: tuple[float, float] = SLOPE_WINDOW  # with at="log_slope": the values the slope is fitted over
 
     def describe(self) -> str:
         where = self.where or {}
         run = " of " + ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in where.items()) if where else ""
-        at = "" if self.at == "end" else f" ({self.at})"
+        at = "" if self.at == "end" else f" ({self.at}{window_text(self) if self.at == 'log_slope' else ''})"
         return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{at}{run}"
 
 
@@ -66,7 +72,7 @@ class Check:
     ``reference`` is a number (theory) or a ``Ref`` (a measured value: the ridge loss, another run).
     ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the value
     of the run's curve that is checked, ``"end"`` (last logged), ``"first"``, ``"max"`` (largest) or
-    ``"log_slope"`` (the slope of its logarithm against step where it lies in 1e-5 … 0.1: a linear rate).
+    ``"log_slope"`` (the slope of its logarithm against step where it lies in ``window``: a linear rate).
     """
 
     run: dict  # selects the run (``Run.matches``)
@@ -77,6 +83,7 @@ class Check:
     tol: float = 0.0
     rtol: float = 0.0
     at: str = "end"
+    window: tuple[float, float] = SLOPE_WINDOW
 
     def holds(self, value: float, reference: float | None = None) -> bool:
         ref = self.reference if reference is None else reference

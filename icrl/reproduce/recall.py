@@ -307,11 +307,12 @@ def recall_context_length() -> Experiment:
     return Experiment(
         "recall-context-length", "value-scaled softmax (s = e^σ > 0, and a free-sign s) at context length T from 64 "
         "to 4096, α ∈ {0, 0.2, 0.5, 0.8}", PAPER + " (later version), softmax attention's Bayes optimality",
-        runs=tuple(Run(r.model, r.config, r.overrides + ("--data.context_length", str(t)), {**r.params, "context_length": t})
-                   for m in (VALUE_SCALED_SOFTMAX, FREE_SIGN_SOFTMAX) for t in CONTEXT_LENGTHS for a in NOISE_LEVELS
+        runs=tuple(Run(r.model, r.config, r.overrides + ("--data.context_length", str(t)),
+                       {**r.params, "context_length": t}) for m in (VALUE_SCALED_SOFTMAX, FREE_SIGN_SOFTMAX) for t in CONTEXT_LENGTHS for a in NOISE_LEVELS
                    for r in (recall_run(m, a),)),
         figures=(Figure("recall-context-length", gaps, "Softmax attention's exact OOD gap against context length T"),
-                 Figure("recall-context-length-noise", p_noise, "Predicted probability of τ on unseen outputs against T")),
+                 Figure("recall-context-length-noise", p_noise,
+                        "Predicted probability of τ on unseen outputs against T")),
         columns=COLUMNS[2:6], checks=tuple(checks), references=REFERENCES,
         note="The theorem covers every context length; the value scale must stay positive for training to find it. "
              "At the zero start attention is uniform: a filler token fills about 1/50 of the context and the output "
@@ -320,7 +321,8 @@ def recall_context_length() -> Experiment:
              "has focused attention on the output; a free-sign s crosses 0, after which attending to the output "
              "lowers its logit, Λ runs negative too and the model never recovers (docs/science.md §R.4).",
         quick=("--data.batch_size", "128", "--data.n_val", "512", "--data.val_batch_size", "512",
-               "--trainer.max_steps", "600", "--trainer.val_check_interval", "100", "--trainer.log_every_n_steps", "20"),
+               "--trainer.max_steps", "600", "--trainer.val_check_interval", "100",
+               "--trainer.log_every_n_steps", "20"),
         quick_note="batch 128, 600 steps, 512 validation prompts (full: 512, 2000, 2048); the context lengths kept")
 
 

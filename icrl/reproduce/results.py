@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from icrl.reproduce.experiments import Experiment, Ref, Run
+from icrl.reproduce.experiments import SLOPE_WINDOW, Experiment, Ref, Run, window_text
 
 RunSeeds = dict[int, dict]  # seed -> worker result ({"scalars": {tag: [steps, values]}, "error": ...})
 
-
-SLOPE_WINDOW = (1e-5, 0.1)  # the asymptotic regime of a gap, above float32's resolution of the losses
 
 
 def log_slope(steps, values, window: tuple[float, float] = SLOPE_WINDOW) -> float:
@@ -33,13 +31,15 @@ def log_slope(steps, values, window: tuple[float, float] = SLOPE_WINDOW) -> floa
 
 
 # the value of a curve a check reads: its last, first or largest value, or its log-slope
-READ = {"end": lambda s, v: v[-1], "first": lambda s, v: v[0], "max": lambda s, v: max(v), "log_slope": log_slope}
+READ = {"end": lambda s, v, w: v[-1], "first": lambda s, v, w: v[0], "max": lambda s, v, w: max(v),
+        "log_slope": log_slope}
 
 
-def end_values(seeds: RunSeeds, metric: str, at: str = "end") -> np.ndarray:
-    """The last (``at="first"``: first, ``"max"``: largest, ``"log_slope"``: ``log_slope``) logged value of
-    ``metric`` per seed (NaN where a seed did not log it)."""
-    return np.array([READ[at](*r["scalars"][metric][:2]) if metric in r["scalars"] else math.nan
+def end_values(seeds: RunSeeds, metric: str, at: str = "end",
+               window: tuple[float, float] = SLOPE_WINDOW) -> np.ndarray:
+    """The last (``at="first"``: first, ``"max"``: largest, ``"log_slope"``: ``log_slope`` over ``window``)
+    logged value of ``metric`` per seed (NaN where a seed did not log it)."""
+    return np.array([READ[at](*r["scalars"][metric][:2], window) if metric in r["scalars"] else math.nan
                      for r in seeds.values()], dtype=float)
 
 
@@ -76,8 +76,8 @@ def nan_mean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if (~np.isnan(values)).any() else math.nan
 
 
-def mean_end(seeds: RunSeeds, metric: str, at: str = "end") -> float:
-    return nan_mean(end_values(seeds, metric, at))
+def mean_end(seeds: RunSeeds, metric: str, at: str = "end", window: tuple[float, float] = SLOPE_WINDOW) -> float:
+    return nan_mean(end_values(seeds, metric, at, window))
 
 
 def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
@@ -85,13 +85,14 @@ def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
     rows = []
     for check in exp.checks:
         run = find_run(exp, check.run)
-        values = end_values(data.get(run, {}), check.metric, check.at)
+        values = end_values(data.get(run, {}), check.metric, check.at, check.window)
         mean = nan_mean(values)
         ref = check.reference
         if isinstance(ref, Ref):
             ref_run = run if ref.where is None else find_run(exp, ref.where)
-            ref = ref.scale * mean_end(data.get(ref_run, {}), ref.metric, ref.at)
-        metric = f"`{check.metric}`" + ("" if check.at == "end" else f" ({check.at})")
+            ref = ref.scale * mean_end(data.get(ref_run, {}), ref.metric, ref.at, ref.window)
+        at = check.at + (window_text(check) if check.at == "log_slope" else "")
+        metric = f"`{check.metric}`" + ("" if check.at == "end" else f" ({at})")
         rows.append([run.label, metric, fmt_values(values), check.expected(ref), check.claim,
                      "✓" if check.holds(mean, ref) else "✗"])
     return rows
