@@ -308,7 +308,8 @@ def recall_context_length() -> Experiment:
         "recall-context-length", "value-scaled softmax (s = e^σ > 0, and a free-sign s) at context length T from 64 "
         "to 4096, α ∈ {0, 0.2, 0.5, 0.8}", PAPER + " (later version), softmax attention's Bayes optimality",
         runs=tuple(Run(r.model, r.config, r.overrides + ("--data.context_length", str(t)),
-                       {**r.params, "context_length": t}) for m in (VALUE_SCALED_SOFTMAX, FREE_SIGN_SOFTMAX) for t in CONTEXT_LENGTHS for a in NOISE_LEVELS
+                       {**r.params, "context_length": t})
+                   for m in (VALUE_SCALED_SOFTMAX, FREE_SIGN_SOFTMAX) for t in CONTEXT_LENGTHS for a in NOISE_LEVELS
                    for r in (recall_run(m, a),)),
         figures=(Figure("recall-context-length", gaps, "Softmax attention's exact OOD gap against context length T"),
                  Figure("recall-context-length-noise", p_noise,
@@ -379,10 +380,13 @@ def recall_finite_n() -> Experiment:
                    Check({"model": origin, "n_samples": n}, "val/ood_bayes_gap", 1.0, "Origin fails OOD at every n",
                          kind="above")]
     for small, large in zip(FINITE_N, FINITE_N[1:]):
-        for metric in ("val/bayes_gap", "val/ood_bayes_gap"):
-            checks.append(Check({"model": w, "n_samples": large}, metric,
-                                Ref(metric, {"model": w, "n_samples": small}),
-                                f"Reparam-W: more samples, smaller gap (n = {large} below n = {small})", kind="below"))
+        checks += [Check({"model": w, "n_samples": large}, "val/bayes_gap",
+                         Ref("val/bayes_gap", {"model": w, "n_samples": small}),
+                         f"Reparam-W: more samples, smaller population gap (n = {large} below n = {small})",
+                         kind="below"),
+                   Check({"model": w, "n_samples": large}, "val/ood_bayes_gap", Ref("val/bayes_gap", scale=5.0),
+                         "Reparam-W: limited OOD generalization, whatever n: OOD gap above 5 × its population gap",
+                         kind="above")]
     panels = tuple(Sweep(metric, "n_samples", title, "loss − H(0.5)", logx=True, theory=lambda n: 1 / (2 * n),
                          theory_label="1/(2n): KL(α‖α̂) of the sample's α̂")
                    for metric, title in (("val/bayes_gap", "population gap"), ("val/ood_bayes_gap", "OOD gap")))
@@ -391,13 +395,14 @@ def recall_finite_n() -> Experiment:
         "α = 0.5", PAPER + " v1, finite-sample generalization",
         runs=tuple(Run(r.model, r.config, r.overrides + ("--data.n_samples", str(n)), {**r.params, "n_samples": n})
                    for m in FINITE_N_MODELS for n in FINITE_N for r in (recall_run(m, a, family="finite"),)),
-        figures=(Figure("recall-finite-n", panels, "Finite samples, α = 0.5: exact gaps against the sample size n "
-                                                   "(400 steps of batch 512 each)"),),
+        figures=(Figure("recall-finite-n", panels, "Finite samples, α = 0.5: exact gaps against n (400 steps)"),),
         columns=COLUMNS[2:6], checks=tuple(checks), references=REFERENCES,
         note="Every run trains 400 steps of batch 512 on its sample (400 epochs at n = 512, 6.25 at n = 32768). "
              "Reparam-Linear-FA's only error is γ = log(α̂/(1−α̂)) built from the sample's α̂: its population gap is "
              "KL(α‖α̂) ≈ (α − α̂)²/(2α(1−α)), 1/(2n) in expectation (the dashed line). Reparam-Linear-W-FA's free W "
-             "fits the sample's noise, less so the more samples it has; Origin-Linear-FA fails on unseen outputs "
+             "fits the sample's noise, less so the more samples it has, so its population gap shrinks with n; its "
+             "OOD gap does not (about 1.2 nats from n = 8192 on): the limited generalization to unseen outputs of "
+             "recall-fig1's population runs is not a sample-size effect. Origin-Linear-FA fails on unseen outputs "
              "whatever n.",
         **FINITE_QUICK)
 

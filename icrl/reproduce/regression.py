@@ -102,7 +102,7 @@ def fig3() -> Experiment:
             Sweep(gaps, "n_labelled", "performance gap against N", "gap (mean squared difference)",
                   vlines=((100, "N = m = 100"),)),
             Sweep(losses, "n_labelled", "test loss against N", "mean squared error"),
-        ), "Figure 3: gap to the best predictor against N, m = 100, τ = 0.01, representations N(0, I/m)"),),
+        ), "Figure 3: gap to the best predictor, m = 100, f ~ N(0, I/m)"),),
         columns=(COLUMNS[1], COLUMNS[2], ("val/best_loss", "best loss"), ("val/ridge_gap", "gap to ridge"),
                  ("val/best_gap", "gap to best"), ("val/ridge_best_gap", "ridge vs best (closed form)")),
         checks=tuple(checks),
@@ -137,7 +137,8 @@ UNSTABLE_NOTE = (
     "step size: the prediction moves by about H γ² lr a step, and from H × lr ≈ 1 the first steps overshoot. The "
     "second figure shows it at lr 3e-3, H = 1024 against H = 64. At this config's lr 1e-4 it takes H ≈ 16000, "
     "too large to train in full here (Q alone holds H·d² = 1.6·10⁸ numbers). The search behind "
-    "it (this code, seed 0, training loss; 'peak': the loss rising in the first steps above its start, 20.6): "
+    "it (seed 0, training loss, with the labels themselves as targets, the targets of icrl before its `targets` "
+    "option; 'peak': the loss rising in the first steps above its start, 20.6): "
     "Adam lr 1e-4, mean of steps 200–300: H = 64 0.79, 256 0.53, 1024 0.53; H = 4096 0.57 (steps 65–95), no "
     "peak (5.6 at step 7); H = 16384 (8 steps run): 25.2 at step 1, then 12.9, 14.4, 12.8, 7.7, 6.7, 7.0; "
     "lr 1e-3: H = 64 0.54, 256 0.56, 1024 0.62, "
