@@ -79,3 +79,14 @@ def test_every_logged_scalar_is_in_the_readme_tables_and_every_documented_one_is
     documented = {tag for row in rows for tag in re.findall(r"`((?:train|val)/\w+|epoch)`", row)}
     assert recall - documented == set() and regression - documented == set()
     assert documented - recall - regression == set()
+
+
+def test_commands_that_take_hours_on_a_cpu_say_so_where_they_are_printed():
+    # the paper-size 4-layer baseline takes ~27 s a step on 2 cores: a printed command that trains it at that size
+    # must say so, and a CPU-sized variant (a smaller model) must stand beside it
+    commands = [c for block in code_blocks("bash") for c in block.replace("\\\n", " ").splitlines()
+                if re.search(r"icrl fit .*fig2-4layer", c)]
+    assert commands
+    for command in commands:
+        assert "--model.d_model" in command or "GPU job" in command, command
+    assert any("--model.d_model" in c for c in commands)
