@@ -43,8 +43,12 @@ class Run:
 PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H", "context_length": "T", "n_samples": "n"}
 
 
-def window_text(read) -> str:
-    return f" over {read.window[0]:g} … {read.window[1]:g}"
+def reading_text(read) -> str:
+    """Which value of a curve a ``Check`` or ``Ref`` reads, as shown in tables: ``""`` for the end value,
+    else e.g. ``"max"`` or ``"log_slope over 1e-05 … 0.1"``."""
+    if read.at == "log_slope":
+        return f"log_slope over {read.window[0]:g} … {read.window[1]:g}"
+    return "" if read.at == "end" else read.at
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Ref:
     def describe(self) -> str:
         where = self.where or {}
         run = " of " + ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in where.items()) if where else ""
-        at = "" if self.at == "end" else f" ({self.at}{window_text(self) if self.at == 'log_slope' else ''})"
+        at = f" ({reading_text(self)})" if reading_text(self) else ""
         return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{at}{run}"
 
 

@@ -45,6 +45,16 @@ def _floor(values: np.ndarray, log: bool) -> tuple[np.ndarray, bool]:
     return np.maximum(clipped, LOSS_FLOOR), bool((clipped < LOSS_FLOOR).any())
 
 
+def _theory(ax, panel: Curves | Sweep, xs: list[float], logx: bool = False) -> None:
+    """The panel's theory curve, dashed, over the x range its runs cover."""
+    if panel.theory is None or not xs:
+        return
+    grid = np.geomspace(min(xs), max(xs), 200) if logx else np.linspace(min(xs), max(xs), 200)
+    theory = np.array([panel.theory(x) for x in grid])
+    ax.plot(grid, np.maximum(theory, LOSS_FLOOR) if panel.log else theory, "k--", lw=1, label=panel.theory_label,
+            zorder=4)
+
+
 def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]) -> bool:
     clipped, xs = False, []
     metrics = panel.metric if isinstance(panel.metric, tuple) else ((panel.metric, None),)
@@ -63,11 +73,7 @@ def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]
             ax.plot(steps, values.mean(0), color=color, ls=style, label=name, lw=1.6, zorder=3)
             if len(values) > 1:
                 ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
-    if panel.theory is not None and xs:
-        grid = np.linspace(min(xs), max(xs), 200)
-        theory = np.array([panel.theory(x) for x in grid])
-        ax.plot(grid, np.maximum(theory, LOSS_FLOOR) if panel.log else theory, "k--", lw=1, label=panel.theory_label,
-                zorder=4)
+    _theory(ax, panel, xs)
     refs = list(panel.refs)
     for metric, label in panel.ref_metrics:
         ends = [mean_end(seeds, metric) for run, seeds in data.items() if run.matches(panel.where)]
@@ -100,10 +106,7 @@ def _sweep(ax, panel: Sweep, data: dict[Run, RunSeeds], colors: dict[str, str]) 
         hi = np.array([np.nanmax(v) if len(v) else np.nan for v, _ in vals])
         color = colors.setdefault(name, f"C{len(colors) % 10}")
         ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], color=color, marker="o", ms=4, capsize=3, label=name, lw=1.4)
-    if panel.theory is not None and xs:
-        grid = np.geomspace(min(xs), max(xs), 200) if panel.logx else np.linspace(min(xs), max(xs), 200)
-        theory = np.array([panel.theory(x) for x in grid])
-        ax.plot(grid, np.maximum(theory, LOSS_FLOOR) if panel.log else theory, "k--", lw=1, label=panel.theory_label)
+    _theory(ax, panel, xs, panel.logx)
     for x, label in panel.vlines:
         ax.axvline(x, color="0.4", ls=":", lw=1.2, label=label)
     ax.set_xlabel(PARAM_NAMES.get(panel.x, panel.x))

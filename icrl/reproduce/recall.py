@@ -17,7 +17,8 @@ from icrl.recall.task import entropy
 from icrl.reproduce.experiments import Check, Curves, Experiment, Figure, Ref, Run, Sweep
 
 PAPER = "Nguyen & Nguyen-Tang, in-context recall (arXiv 2505.15009)"
-SOFTMAX_FLOOR = math.log(1 + 59 / math.e)  # docs/science.md §R.6: fixed-U Reparam-Softmax, N = 60
+N_TRIGGERS, VOCAB = 5, 60  # the configs' |Q| and N
+SOFTMAX_FLOOR = math.log(1 + (VOCAB - 1) / math.e)  # docs/science.md §R.6: fixed-U Reparam-Softmax
 LN2 = math.log(2)
 
 FIG1_MODELS = ("Reparam-Linear-FA", "Reparam-Softmax-FA", "Reparam-Linear-W-FA", "Origin-Linear-FA",
@@ -331,7 +332,7 @@ RATE_ETAS = (0.1, 0.2)
 RATE_STEPS = ("--trainer.max_steps", "600", "--trainer.val_check_interval", "5", "--trainer.log_every_n_steps", "5")
 
 
-def reparam_gap(alpha: float, eta: float, n_triggers: int = 5, vocab: int = 60):
+def reparam_gap(alpha: float, eta: float, n_triggers: int = N_TRIGGERS, vocab: int = VOCAB):
     """docs/science.md §R.6's closed-form gap of Reparam-Linear after t steps of normalized GD from 0: λ = ηt/√|Q|
     (noiseless, every entry alike) or Λ = ηt (noisy), ``L − H(α)``."""
     if alpha == 0:
@@ -343,7 +344,7 @@ def recall_rate() -> Experiment:
     checks, panels = [], []
     for a in NOISE_LEVELS:
         for eta in RATE_ETAS:
-            rate, text = (-eta / math.sqrt(5), "−η/√|Q|") if a == 0 else (-eta, "−η")
+            rate, text = (-eta / math.sqrt(N_TRIGGERS), "−η/√|Q|") if a == 0 else (-eta, "−η")
             checks.append(Check({"alpha": a, "eta": eta}, "val/bayes_gap", rate,
                                 f"linear rate: slope of ln(gap) per step = {text}", rtol=0.05, at="log_slope"))
         panels.append(Curves("val/bayes_gap", f"{'noiseless' if not a else f'α = {a}'}: exact gap", f"loss − H({a})",

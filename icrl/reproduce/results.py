@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icrl.reproduce.experiments import SLOPE_WINDOW, Experiment, Ref, Run, window_text
+from icrl.reproduce.experiments import SLOPE_WINDOW, Experiment, Ref, Run, reading_text
 
 RunSeeds = dict[int, dict]  # seed -> worker result ({"scalars": {tag: [steps, values]}, "error": ...})
 
@@ -91,8 +91,7 @@ def check_rows(exp: Experiment, data: dict[Run, RunSeeds]) -> list[list[str]]:
         if isinstance(ref, Ref):
             ref_run = run if ref.where is None else find_run(exp, ref.where)
             ref = ref.scale * mean_end(data.get(ref_run, {}), ref.metric, ref.at, ref.window)
-        at = check.at + (window_text(check) if check.at == "log_slope" else "")
-        metric = f"`{check.metric}`" + ("" if check.at == "end" else f" ({at})")
+        metric = f"`{check.metric}`" + (f" ({reading_text(check)})" if reading_text(check) else "")
         rows.append([run.label, metric, fmt_values(values), check.expected(ref), check.claim,
                      "✓" if check.holds(mean, ref) else "✗"])
     return rows
