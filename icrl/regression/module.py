@@ -135,16 +135,17 @@ class TemplateRegressionModule(LightningModule):
 
 def least_squares_loss(y_prompt: Tensor, target: Tensor) -> Tensor:
     """``min_A (1/(BK)) ‖y_prompt A − target‖²``: the loss of the best predictor linear in the prompt labels,
-    fitted on this batch (in float64; a float32 scalar).
+    fitted on this batch (in float64 on the CPU, which every device can hand over (Apple's MPS has no float64);
+    a float32 scalar on the inputs' device).
 
     >>> y = torch.tensor([[1.0], [2.0]]); least_squares_loss(y, 3 * y) < 1e-12  # exactly linear: 0
     tensor(True)
     >>> least_squares_loss(y, torch.tensor([[1.0], [1.0]]))  # best A = 0.6: residuals 0.4, −0.2
     tensor(0.1000)
     """
-    y64, t64 = y_prompt.double(), target.double()
+    y64, t64 = y_prompt.detach().cpu().double(), target.detach().cpu().double()  # (B, N), (B, K)
     A = torch.linalg.lstsq(y64, t64).solution  # (N, K)
-    return F.mse_loss(y64 @ A, t64).float()
+    return F.mse_loss(y64 @ A, t64).to(y_prompt.device, torch.float32)
 
 
 class OneLayerRegression(TemplateRegressionModule):
