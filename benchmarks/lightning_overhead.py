@@ -6,7 +6,7 @@ Builds the run of a config (default: the paper's Reparam-Linear-FA, batch 512, c
 - ``bare``: a plain loop over the same module, optimizer and DataLoader (the training step's
   loss, ``zero_grad``, ``backward``, ``step``);
 - ``fit``: ``trainer.fit`` with the config's trainer (TensorBoard logger, progress bar, validation
-  every ``val_check_interval`` steps, ``RecallEvaluation``), and variants that switch one
+  every ``val_check_interval`` steps, the recall metrics), and variants that switch one
   Lightning feature off, to see what each costs; variants "before" put back what an earlier
   change removed (with them runs ``bare`` as before too), and "prototype" ones try a change proposed
   for files outside this benchmark.
@@ -42,7 +42,6 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, machine_end, machine_line, parser, set_threads, train_step  # noqa: E402
 
-from icrl.cadence import is_logging_step  # noqa: E402
 from icrl.callbacks import NonFiniteGuard, NonFiniteLossError  # noqa: E402
 from icrl.cli import cli_main  # noqa: E402
 from icrl.recall import RecallDataModule, RecallModule  # noqa: E402
@@ -71,7 +70,7 @@ class ManualOptimization(RecallModule):
         self.automatic_optimization = False
 
     def training_step(self, batch, batch_idx):
-        log = is_logging_step(self)  # before the step: optimizer.step() advances global_step
+        log = self.is_logging_step()  # before the step: optimizer.step() advances global_step
         optimizer = self.optimizers()
         loss = nnf.cross_entropy(self(batch["tokens"]).logits, batch["target"])
         optimizer.zero_grad()
@@ -86,7 +85,7 @@ class TorchDataLoader(RecallDataModule):
     """The training batches as they were before: through torch's own DataLoader iterator, not ``StreamLoader``'s."""
 
     def train_dataloader(self) -> DataLoader:
-        stream = RecallStream(self.spec, self.batch_size, self.seed, 0, 1, self.batches_consumed, self.fixed_sample)
+        stream = RecallStream(self.recall_task, self.batch_size, self.seed, 0, 1, self.batches_consumed, self.fixed_sample)
         return DataLoader(stream, batch_size=None)
 
 

@@ -3,7 +3,8 @@
 For every attention × parameterization (feed-forward ``FA`` unless ``--feedforward``), at the paper
 size (batch 512, context 256, N = 60, d = 128), in one process and on the same weights: a full
 training step — sample a batch, forward, cross-entropy, backward, ``NormalizedGD`` — of the package
-(``RecallTransformer``) and of the dense formula (``benchmarks/dense.py``), timed in interleaved
+(``RecallTransformer``, logits only, as training runs it) and of the dense formula
+(``icrl.recall.dense.dense_forward``), timed in interleaved
 rounds; the two losses and gradients are compared on one batch first. Threads are set explicitly
 (``--threads``, default 1 and 2). ``--scaling`` adds step time and peak memory against the context
 length, each size in a fresh subprocess.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import itertools
 import json
 import resource
@@ -35,18 +37,18 @@ import torch
 from torch.nn import functional as nnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dense import dense_forward  # noqa: E402
 from timing import (interleaved, machine, machine_end, machine_line, parser, ratios, set_threads,  # noqa: E402
                     summary, train_step)
 
+import icrl.recall  # noqa: E402
 from icrl.optim import NormalizedGD  # noqa: E402
-from icrl.recall import (LinearAttention, Origin, RecallTask, RecallTransformer, ReLUAttention, Reparam,  # noqa: E402
-                         ReparamW, SoftmaxAttention, sample_recall)
+from icrl.recall import RecallTask, RecallTransformer, sample_recall  # noqa: E402
+from icrl.recall.dense import dense_forward  # noqa: E402
 from icrl.streams import generator  # noqa: E402
 
-ATTENTIONS = {"linear": LinearAttention, "relu": ReLUAttention, "softmax": SoftmaxAttention}
-# Origin from a random start: the weights are redrawn below anyway, and some zero-init combinations are refused
-PARAMETERIZATIONS = {"origin": partial(Origin, init_std=0.1), "reparam": Reparam, "reparam_w": ReparamW}
+# classes of icrl.recall, by name
+ATTENTIONS = ["LinearAttention", "ReLUAttention", "SoftmaxAttention"]
+PARAMETERIZATIONS = ["Origin", "Reparam", "ReparamW"]
 RTOL = 1e-4  # losses and gradients must agree to this relative error (float32 sums over T positions)
 
 
@@ -54,7 +56,10 @@ def build(task: RecallTask, d_model: int, attention: str, parameterization: str,
           device: str, seed: int = 0) -> RecallTransformer:
     """A model with small random weights (not the zero init, so that every gradient is non-trivial)."""
     torch.manual_seed(seed)
-    model = RecallTransformer(task, d_model, ATTENTIONS[attention](), PARAMETERIZATIONS[parameterization],
+    make = getattr(icrl.recall, parameterization)
+    # a random start where there is one: the weights are redrawn below anyway, and some zero starts are refused
+    options = {"init_std": 0.1} if "init_std" in inspect.signature(make).parameters else {}
+    model = RecallTransformer(task, d_model, getattr(icrl.recall, attention)(), partial(make, **options),
                               feedforward).to(device)
     with torch.no_grad():
         for p in model.parameters():
@@ -63,11 +68,11 @@ def build(task: RecallTask, d_model: int, attention: str, parameterization: str,
 
 
 def forward_fast(model, tokens):
-    return model(tokens).logits
+    return model(tokens, parts=False).logits
 
 
 def forward_dense(model, tokens):
-    return dense_forward(model, tokens)[0]
+    return dense_forward(model, tokens).logits
 
 
 def make_step(model: RecallTransformer, forward, batch_size: int, device: str, seed: int = 0):
@@ -211,11 +216,11 @@ def argv_of(args) -> list[str]:
 
 
 def table(results: list[dict]) -> str:
-    head = (f"{'thr':>3} {'attention':9} {'param':9} {'α':>4} {'step ms':>8} {'dense ms':>9} {'ratio':>6} "
+    head = (f"{'thr':>3} {'attention':16} {'param':9} {'α':>4} {'step ms':>8} {'dense ms':>9} {'ratio':>6} "
             f"{'median':>6} {'cpu':>5} {'sample':>7} {'loss':>9} {'dense loss':>10} {'grad err':>9} match")
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r['threads']:>3} {r['attention']:9} {r['parameterization']:9} {r['alpha']:>4.1f} "
+        lines.append(f"{r['threads']:>3} {r['attention']:16} {r['parameterization']:9} {r['alpha']:>4.1f} "
                      f"{r['step_ms']:8.3f} {r['dense_ms']:9.2f} {r['ratio']:6.1f} {r['ratio_median']:6.1f} {r['ratio_cpu']:5.1f} "
                      f"{100 * r['sampling_share']:6.1f}% {r['loss']:9.5f} {r['loss_dense']:10.5f} "
                      f"{r['grad_rel_err']:9.1e} {'yes' if r['match'] else 'NO'}")
@@ -247,8 +252,9 @@ def parse(argv=None):
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--feedforward", default="FA", choices=["none", "F", "FA"])
     p.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.5], help="tasks: 0 noiseless, > 0 noisy")
-    p.add_argument("--attention", nargs="+", default=list(ATTENTIONS))
-    p.add_argument("--parameterization", nargs="+", default=list(PARAMETERIZATIONS))
+    p.add_argument("--attention", nargs="+", default=ATTENTIONS, help="attention classes of icrl.recall, by name")
+    p.add_argument("--parameterization", nargs="+", default=PARAMETERIZATIONS,
+                   help="parameterization classes of icrl.recall, by name")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (one dense step each)")
     p.add_argument("--fast-calls", type=int, default=30, help="package steps per round")
     p.add_argument("--device", default="cpu")
@@ -256,7 +262,7 @@ def parse(argv=None):
     p.add_argument("--contexts", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--dense-max-context", type=int, default=2048,
                    help="largest context the dense formula is run at (its X alone is 4·B·T·d bytes)")
-    p.add_argument("--scaling-model", nargs=2, default=["linear", "origin"], metavar=("ATTENTION", "PARAM"))
+    p.add_argument("--scaling-model", nargs=2, default=["LinearAttention", "Origin"], metavar=("ATTENTION", "PARAM"))
     p.add_argument("--scaling-threads", type=int, default=1)
     p.add_argument("--scaling-steps", type=int, default=5, help="steps per size; the fastest is reported")
     p.add_argument("--_measure", nargs=2, metavar=("IMPL", "CONTEXT"), help=argparse.SUPPRESS)

@@ -36,7 +36,7 @@ ONE_STEP = ("--data.context_length", "16", "--data.batch_size", "8", "--data.n_v
 def timed_sweep(backend: str, jobs: int, runs: int, root: Path) -> float:
     """Seconds per run of a sweep of ``runs`` one-step runs (distinct seeds), Ray's start-up included."""
     from icrl.sweep import run_sweep
-    from icrl.sweep.spec import Point
+    from icrl.sweep.grid import Point
 
     start = time.perf_counter()
     run_sweep([Point("one-step", str(CONFIG), ONE_STEP)], list(range(runs)), root / f"{backend}-{jobs}", backend, jobs,
@@ -45,9 +45,9 @@ def timed_sweep(backend: str, jobs: int, runs: int, root: Path) -> float:
 
 
 def timed_plan(runs: int, root: Path) -> float:
-    from icrl.sweep.run import code_version, fit_parser, plan_job
+    from icrl.sweep.job import code_version, parsers, plan_job
 
-    fit_parser()  # built once per sweep: counted apart
+    parsers()  # built once per sweep: counted apart
     version = code_version()
     start = time.perf_counter()
     for seed in range(runs):
@@ -56,7 +56,7 @@ def timed_plan(runs: int, root: Path) -> float:
 
 
 def timed_subprocess(runs: int, root: Path) -> float:
-    from icrl.sweep.run import fit_args
+    from icrl.sweep.job import fit_args
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()

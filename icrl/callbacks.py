@@ -1,4 +1,4 @@
-"""Callbacks every icrl run gets from the CLI."""
+"""Callbacks the CLI gives every run: the non-finite guard, TensorBoard's HPARAMS, configs (stops: icrl.checkpoints)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import math
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from icrl.checkpoints import flat
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,26 +70,56 @@ class NonFiniteGuard(Callback):
         steps, losses = zip(*self._pending)
         self._pending = []
         # one kept loss (every step on a CPU): .item() reads it without a kernel
-        values = ([losses[0].item()] if len(losses) == 1
-                  else torch.stack([loss.reshape(()) for loss in losses]).tolist())
+        values = [losses[0].item()] if len(losses) == 1 else torch.stack([loss.reshape(()) for loss in losses]).tolist()
         bad = next((i for i, value in enumerate(values) if not math.isfinite(value)), None)
-        if self._all_ranks(trainer, bad is None):
+        finite = bad is None
+        if trainer.world_size > 1:  # all processes stop together, or the others wait forever in the next all-reduce
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
             return
         what, step = (("a non-finite train/loss on another process", steps[-1]) if bad is None
                       else (f"train/loss = {values[bad]}", steps[bad]))
         raise NonFiniteLossError(self._message(trainer, pl_module, what, step))
 
     @staticmethod
-    def _all_ranks(trainer: Trainer, finite: bool) -> bool:
-        """Under DDP every process must stop together, or the others wait forever in the next all-reduce."""
-        return trainer.strategy.reduce_boolean_decision(finite, all=True) if trainer.world_size > 1 else finite
-
-    @staticmethod
     def _message(trainer: Trainer, pl_module: LightningModule, what: str, step: int) -> str:
         lrs = sorted({g["lr"] for opt in trainer.optimizers for g in opt.param_groups})
         settings = {k: v for k, v in pl_module.hparams.items() if k != "task" and not k.startswith("_")}
-        return (
-            f"{what} at step {step}; stopped, no further checkpoint written. Likely cause: a "
-            f"learning rate too large for this model (optimizer lr={lrs}, model settings {settings}); lower "
-            f"the optimizer's lr. The last checkpoint under {trainer.default_root_dir} is the last good state."
-        )
+        return (f"{what} at step {step}; stopped, no further checkpoint written. Likely cause: a learning rate too "
+                f"large for this model (optimizer lr={lrs}, model settings {settings}); lower the optimizer's lr. "
+                f"The last checkpoint under {trainer.default_root_dir} is the last good state.")
+
+
+class HParamsSummary(Callback):
+    """The run's settings, flat and readable (``model.optimizer.lr``), in ``hparams.yaml`` when a fit starts, and
+    TensorBoard's HPARAMS tab (the settings and the end metrics) when it ends."""
+
+    def __init__(self, settings: dict):
+        config = {k: v for k, v in settings.items() if k not in ("config", "trainer")}
+        trainer = settings.get("trainer") or {}
+        config["trainer"] = {k: trainer.get(k) for k in ("max_steps", "accumulate_grad_batches", "devices", "precision")}
+        self.params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat(config).items()
+                       if k != "model.task"}  # the task is linked from the data settings
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.logger is not None:  # hparams.yaml: the whole run, optimizer and attention included
+            trainer.logger.log_hyperparams(self.params)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        writer = trainer.logger.experiment._get_file_writer()
+        for summary in hparams_summary(self.params, metrics):  # TensorBoard reads each metric's last value
+            writer.add_summary(summary)
+        writer.flush()
+
+
+class SaveStageConfig(SaveConfigCallback):
+    """``config.yaml`` of the fit; ``validate`` / ``test`` of its checkpoint write their own file beside it."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn
+        if stage != "fit":
+            self.config_filename = f"{stage}-config.yaml"
+        super().setup(trainer, pl_module, stage)

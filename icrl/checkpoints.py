@@ -1,10 +1,10 @@
-"""Runs that can be stopped and resumed exactly: the run's checkpoint, clean stops, resume checks.
+"""Fits that can be stopped and resumed exactly: the last checkpoint, clean stops, resume checks.
 
 Every ``icrl fit`` writes ``<log_dir>/checkpoints/last.ckpt`` (``log_dir`` is the TensorBoard
 version folder): every ``every_n_steps`` steps, at the end of the fit and when it is stopped by
 SIGINT or SIGTERM. Each write goes to a temporary file renamed over the old one, so a process
-killed mid-write (``kill -9``) leaves the previous checkpoint intact. A checkpoint records what the
-run was (``run_signature``); a resume under another world size, batch size, data or model config
+killed mid-write (``kill -9``) leaves the previous checkpoint intact. A checkpoint records what was
+trained (``training_signature``); a resume under another world size, batch size, data or model config
 is refused before step 0 (``check_resume``), since the training stream is keyed by rank and batch
 and the resumed run would silently be another run.
 """
@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-SIGNATURE_KEY = "icrl_run"  # the checkpoint entry holding ``run_signature``
+SIGNATURE_KEY = "icrl_run"  # the checkpoint entry holding ``training_signature`` (its name in old checkpoints too)
 # Settings a resume may change without changing the run: the stream is the same for any number of
 # workers, and validation metrics are sums over examples whatever the batching.
 FREE_SETTINGS = ("data.num_workers", "data.val_batch_size")
@@ -31,23 +31,23 @@ DERIVED = "model.task."  # linked from the data settings
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
 
 
-class RunCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` in the run's ``checkpoints/`` folder: every ``every_n_steps`` steps and at the end.
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` in the log folder's ``checkpoints/``: every ``every_n_steps`` steps and at the end.
 
     ``every_n_steps=None`` writes it at the end (and on a stop) only. The end of a fit is also the
     end of a stopped one (``StopCleanly``), so a stopped run keeps its last step.
     """
 
-    def __init__(self, every_n_steps: int | None = 500):
+    def __init__(self, every_n_steps: int | None = 500, signature: dict | None = None):
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"checkpoint_every_n_steps must be >= 1 or null (only at the end), got {every_n_steps}")
         super().__init__(save_last=True, save_top_k=0, every_n_train_steps=every_n_steps or 0,
                          enable_version_counter=False)
-        self.signature: dict = {}  # set by the CLI before fit: what the run is (see ``run_signature``)
+        self.signature = signature or {}  # what is trained (``training_signature``), checked on a resume
 
     @property
     def state_key(self) -> str:
-        return type(self).__name__  # the same key whatever the interval, so a resume may change it
+        return "RunCheckpoint"  # the same key whatever the interval (a resume may change it), and in old checkpoints
 
     def load_state_dict(self, state_dict: dict) -> None:
         # a checkpoint moved elsewhere only loses the record of its path: nothing to warn about
@@ -75,7 +75,7 @@ class StopCleanly(Callback):
 
     Lightning validates when ``trainer.should_stop`` is set, so a fit shorter than
     ``val_check_interval`` still ends with one. The first SIGINT or SIGTERM only records the signal
-    (the step in progress finishes, the run validates and ``RunCheckpoint`` writes its checkpoint);
+    (the step in progress finishes, the run validates and ``LastCheckpoint`` writes its checkpoint);
     a second one acts as usual (Ctrl-C twice aborts). Before the first step (set-up, sanity check)
     a signal stops the run with nothing to keep. Under DDP the processes agree each step, so all
     stop at the same one.
@@ -83,11 +83,11 @@ class StopCleanly(Callback):
 
     def __init__(self):
         self.signum: int | None = None
-        self.steps_run = 0  # steps trained by this fit (0: it failed before its first one)
+        self.steps_trained = 0  # by this fit (0: it failed before its first step)
         self._previous: dict[int, object] = {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.signum, self.steps_run = None, 0
+        self.signum, self.steps_trained = None, 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # after Lightning's own SIGTERM handler (set just before training), which would end the run with status 0
@@ -106,7 +106,7 @@ class StopCleanly(Callback):
         self._previous = {}
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        self.steps_run += 1
+        self.steps_trained += 1
         stop = self.signum is not None
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
@@ -122,10 +122,10 @@ class StopCleanly(Callback):
         self._restore()
 
 
-def run_signature(config: dict) -> dict:
-    """What makes a run this run, from the CLI config: the model and data settings, flat.
+def training_signature(config: dict) -> dict:
+    """What a resume must train the same, from the CLI config: the model and data settings, flat.
 
-    >>> run_signature({"model": {"class_path": "M", "init_args": {"d_model": 8}}, "data": {"init_args": {"seed": 0}}})
+    >>> training_signature({"model": {"class_path": "M", "init_args": {"d_model": 8}}, "data": {"init_args": {"seed": 0}}})
     {'model.class_path': 'M', 'model.d_model': 8, 'data.seed': 0}
     """
     return {key: value for key, value in flat({k: config.get(k) for k in ("model", "data")}).items()
@@ -145,6 +145,12 @@ def flat(tree, prefix: str = "") -> dict:
         name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else str(key)
         items.update(flat(value, name) if isinstance(value, dict) and value else {name: value})
     return items
+
+
+def log_folder_of(ckpt_path: str | None) -> Path | None:
+    """The log folder a checkpoint was written in (``<log_dir>/checkpoints/x.ckpt``), if any."""
+    folder = Path(ckpt_path).resolve().parent if ckpt_path else None
+    return folder.parent if folder and folder.name == "checkpoints" and (folder.parent / "hparams.yaml").is_file() else None
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -175,7 +181,7 @@ def differences(saved: dict, now: dict, keys=None) -> str:
 def check_resume(path: str | Path, signature: dict, world_size: int, accumulate_grad_batches: int) -> None:
     """Refuses to resume from ``path`` a run other than the one it saved: ``ValueError`` naming the differences.
 
-    A checkpoint without a signature (not written by ``RunCheckpoint``) is only checked for being readable.
+    A checkpoint without a signature (not written by ``LastCheckpoint``) is only checked for being readable.
     """
     saved = load_checkpoint(path).get(SIGNATURE_KEY)
     if saved is None:

@@ -1,7 +1,7 @@
 """Every logged scalar in a plain CSV file, beside TensorBoard's event files, and read back.
 
-``ScalarFile`` is a Lightning logger: give it to a ``Trainer`` next to the TensorBoard logger
-(``logger=[tensorboard, ScalarFile(tensorboard.log_dir)]``) and it appends one row
+``ScalarFile`` is a Lightning logger, which ``icrl fit`` / ``validate`` / ``test`` put next to their
+TensorBoard logger (``logger=[tensorboard, ScalarFile(tensorboard.log_dir)]``): it appends one row
 ``tag,step,value,time`` per logged scalar to ``<dir>/scalars.csv`` (``time``: Unix seconds),
 flushed at every call, so a killed run keeps what it logged. ``read_scalars`` reads every such file
 under a directory: a resumed run that logged into a second folder, or twice at a step, reads as one
@@ -43,10 +43,6 @@ class ScalarFile(Logger):
     @property
     def version(self) -> int:
         return 0
-
-    @property
-    def save_dir(self) -> str:
-        return str(self._dir)
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:

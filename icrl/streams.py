@@ -9,6 +9,7 @@ continues where it stopped from the number of batches it consumed alone.
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import torch
@@ -38,28 +39,28 @@ def generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def check_seeds(**seeds: int) -> None:
-    """Seeds key numpy's ``SeedSequence``, which takes non-negative integers only.
-
-    >>> check_seeds(seed=0, val_seed=-1)
-    Traceback (most recent call last):
-    ...
-    ValueError: val_seed must be an integer >= 0, got val_seed=-1
-    """
-    for name, value in seeds.items():
-        if value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {name}={value}")
-
-
 def rank_and_world(trainer) -> tuple[int, int]:
     """This process's rank and the number of processes; ``(0, 1)`` without a trainer."""
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
-def check_shares(n_val: int, world: int) -> None:
-    """Every process validates a share of each fixed set, so it needs at least one example per process."""
-    if n_val < world:
-        raise ValueError(f"n_val must be >= the number of processes = {world} (each validates a share), got n_val={n_val}")
+def check_batch_memory(batch_size: int, example_bytes: int) -> None:
+    """Refuses a training batch that alone would fill half of this machine's memory.
+
+    A batch is drawn on the CPU before any step; past the memory, Linux kills the process rather than
+    failing an allocation, so there would be no error to report.
+
+    >>> check_batch_memory(2**40, 8)
+    Traceback (most recent call last):
+    ...
+    ValueError: data.batch_size=1099511627776: one training batch takes 8192.0 GiB (8 bytes an example), ...
+    """
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if example_bytes * batch_size > memory / 2:
+        raise ValueError(
+            f"data.batch_size={batch_size}: one training batch takes {example_bytes * batch_size / 2**30:.1f} GiB "
+            f"({example_bytes} bytes an example), more than half of this machine's {memory / 2**30:.1f} GiB of memory; "
+            "lower data.batch_size")
 
 
 class BatchStream(IterableDataset):
@@ -125,8 +126,8 @@ class StreamLoader(DataLoader):
 
     Without workers (and without ``pin_memory``) it iterates the stream itself: the DataLoader's
     own iterator would only wrap each batch in a profiler record and rebuild its dict
-    (``default_convert``), ~0.08 ms a batch on a CPU, a quarter of drawing a paper-size recall
-    batch, for the same tensors. With workers it is an ordinary DataLoader.
+    (``default_convert``) for the same tensors (docs/performance.md §3). With workers it is an
+    ordinary DataLoader.
     """
 
     def __iter__(self):
@@ -136,20 +137,57 @@ class StreamLoader(DataLoader):
 
 
 class StreamDataModule(LightningDataModule):
-    """A data module whose training stream continues where a resumed run stopped.
+    """A training stream that a resumed run continues, and fixed validation and test sets.
 
     ``batches_consumed`` (optimizer steps × gradient accumulation) travels in the checkpoint; a
     subclass passes it as the ``start`` of its ``BatchStream`` and builds its loader with
     ``stream_loader``. ``num_workers`` DataLoader workers draw the training batches (0: the main
-    process; the stream is the same either way).
+    process; the stream is the same either way). A subclass draws its fixed sets in ``eval_sets``;
+    its validation and test dataloaders are one ``FixedBatches`` a set, of this process's share.
+    ``example_bytes``, one training example's size, refuses a batch beyond the memory at once.
     """
 
-    def __init__(self, num_workers: int = 0):
+    def __init__(self, batch_size: int, n_val: int, val_batch_size: int, seed: int, val_seed: int, num_workers: int,
+                 example_bytes: int):
         super().__init__()
+        for name, value in dict(batch_size=batch_size, n_val=n_val, val_batch_size=val_batch_size).items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={value}")
+        for name, value in dict(seed=seed, val_seed=val_seed).items():
+            if value < 0:  # seeds key numpy's SeedSequence, which takes non-negative integers only
+                raise ValueError(f"{name} must be an integer >= 0, got {name}={value}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
-        self.num_workers = num_workers
+        check_batch_memory(batch_size, example_bytes)
+        self.batch_size, self.n_val, self.val_batch_size = batch_size, n_val, val_batch_size
+        self.seed, self.val_seed = seed, val_seed
+        self.num_workers, self.example_bytes = num_workers, example_bytes
         self.batches_consumed = 0
+
+    def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
+        """The fixed sets of ``stage`` (``"val"``, ``"test"``), one a dataloader, each ``n_val`` examples."""
+        raise NotImplementedError
+
+    def eval_tables(self) -> dict[str, Tensor]:
+        """Tables common to all examples, which every validation and test batch carries whole."""
+        return {}
+
+    def setup(self, stage: str) -> None:
+        world = rank_and_world(self.trainer)[1]
+        if self.n_val < world:  # every process validates a share of each fixed set
+            raise ValueError(f"n_val must be >= the number of processes = {world} (each validates a share), "
+                             f"got n_val={self.n_val}")
+
+    def _eval_loaders(self, stage: str) -> list[DataLoader]:
+        rank, world = rank_and_world(self.trainer)
+        return [DataLoader(FixedBatches(s, self.val_batch_size, rank, world, self.eval_tables()), batch_size=None)
+                for s in self.eval_sets(stage)]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
 
     def stream_loader(self, stream: BatchStream) -> StreamLoader:
         return StreamLoader(stream, batch_size=None, num_workers=self.num_workers,

@@ -3,13 +3,22 @@ import os
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
+from icrl.recall import LinearAttention, Origin, ReLUAttention, Reparam, ReparamW, SoftmaxAttention
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+# The recall tests' one registry: every attention, every parameterization (the later version's value-scaled ones too)
+ATTENTIONS = {"linear": LinearAttention, "relu": ReLUAttention, "softmax": SoftmaxAttention}
+PARAMETERIZATIONS = {"Origin": Origin, "Reparam": Reparam, "ReparamW": ReparamW,
+                     "Reparam(value_scale)": partial(Reparam, value_scale=True),
+                     "ReparamW(value_scale)": partial(ReparamW, value_scale=True)}
 
 # 2 cores: more threads than cores makes torch crawl when tests run under load
 torch.set_num_threads(1)
@@ -30,7 +39,7 @@ def run_cli(tmp_path):
 @pytest.fixture
 def icrl_cmd():
     """The ``icrl`` command as a user runs it (a subprocess of this interpreter)."""
-    return [sys.executable, "-m", "icrl.cli"]
+    return [sys.executable, "-m", "icrl"]
 
 
 DDP_PROBE = textwrap.dedent('''

@@ -1,4 +1,6 @@
-"""Smoke tests of ``benchmarks/``: each runs at a tiny size, its checks pass, its JSON has its shape."""
+"""Smoke tests of ``benchmarks/``: each runs at a tiny size, its checks pass, its JSON has its shape.
+
+Those that only check a report's shape run a subprocess or a Lightning fit each, and are ``slow``."""
 
 import json
 import sys
@@ -61,6 +63,7 @@ def test_regression_step_batched_heads_equal_the_loop_over_heads(capsys):
     assert r["ratio"] > 0 and r["threads"] == 1
 
 
+@pytest.mark.slow
 def test_lightning_overhead_times_a_bare_loop_and_fit(capsys, tmp_path):
     import lightning_overhead
 
@@ -76,6 +79,7 @@ def test_lightning_overhead_times_a_bare_loop_and_fit(capsys, tmp_path):
     assert report["results"]["fit"]["validations"] == 3
 
 
+@pytest.mark.slow
 def test_threads_times_the_console_script_at_each_setting(capsys, tmp_path):
     import threads
 
@@ -88,6 +92,7 @@ def test_threads_times_the_console_script_at_each_setting(capsys, tmp_path):
     assert all(v > 0 for v in report["steps_per_s"].values())
 
 
+@pytest.mark.slow
 def test_sweep_overhead_times_every_way_of_running_a_run(capsys):
     import sweep_overhead
 

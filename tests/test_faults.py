@@ -1,7 +1,7 @@
-"""Fault injection through the ``icrl`` console script: stopped and killed runs, broken and foreign
-checkpoints, mismatched resumes, bad settings; each must end in an exact resume or in one clear line."""
+"""Faults: stopped and killed runs, broken and foreign checkpoints, mismatched resumes, bad settings; each must
+end in an exact resume or in one clear line. Each exit status of the ``icrl`` console script is checked once
+through a subprocess (0, 2, 130, 143; 1 in test_reliability_recall.py), the error tables in-process."""
 
-import math
 import os
 import shlex
 import signal
@@ -16,19 +16,16 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import ROOT, end_metrics
-from icrl.checkpoints import check_resume
-from icrl.recall.model import ContextInputs
+from conftest import ROOT
+from icrl.checkpoints import SIGNATURE_KEY, check_resume, load_checkpoint
+from icrl.cli import cli_main
+from icrl.scalars import read_scalars
 from icrl.streams import generator
 
 ORIGIN = str(ROOT / "configs" / "recall" / "fig1" / "origin-linear-fa.yaml")
-REGRESSION = str(ROOT / "configs" / "regression" / "fig2-1layer.yaml")
 # α = 0.2: Origin's weights see every batch, so a resume at the wrong place in the stream would show
 SMALL = ["--data.context_length", "16", "--data.batch_size", "8", "--model.d_model", "128", "--data.n_val", "64",
          "--data.alpha", "0.2"]
-REGRESSION_SMALL = ["--data.n_tokens", "12", "--data.n_labelled", "4", "--data.token_dim", "6", "--data.n_basis", "3",
-                    "--data.batch_size", "8", "--data.n_train", "64", "--data.n_val", "24", "--model.heads", "4",
-                    "--model.optimizer.lr", "0.01"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 ICRL = Path(sys.executable).with_name("icrl")  # the console script of this environment
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -53,11 +50,11 @@ def started(root: Path, *args: str) -> subprocess.Popen:
     return proc
 
 
-def val_scalars(log_dir: Path) -> dict[str, tuple[int, float]]:
+def val_scalars(log_dir: Path, prefix: str = "val/") -> dict[str, tuple[int, float]]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: (acc.Scalars(tag)[-1].step, acc.Scalars(tag)[-1].value) for tag in acc.Tags()["scalars"]
-            if tag.startswith("val/")}
+            if tag.startswith(prefix)}
 
 
 def max_weight_diff(a: Path, b: Path) -> float:
@@ -122,24 +119,6 @@ def test_sigint_stops_with_status_130_and_a_checkpoint(tmp_path):
     assert state["global_step"] > 0 and state["RecallDataModule"]["batches_consumed"] == state["global_step"]
 
 
-@pytest.mark.parametrize("args, config", [(SMALL, ORIGIN), (REGRESSION_SMALL, REGRESSION)], ids=["recall", "regression"])
-def test_a_short_fit_ends_with_a_validation_and_a_checkpoint_that_resumes_exactly(args, config, run_cli, tmp_path):
-    common = ["--config", config, *args, "--trainer.val_check_interval", "100"]  # never reached
-    half = run_cli("fit", *common, "--trainer.max_steps", "7")
-    assert "val/loss" in half.trainer.callback_metrics
-    ckpt = Path(half.trainer.checkpoint_callback.last_model_path)
-    assert ckpt == Path(half.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 7
-    resumed = run_cli("fit", *common, "--trainer.max_steps", "14", "--ckpt_path", str(ckpt))
-    assert resumed.trainer.logger.log_dir == half.trainer.logger.log_dir
-    full = run_cli("fit", *common, "--trainer.max_steps", "14")
-    a, b = end_metrics(resumed), end_metrics(full)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key] == pytest.approx(b[key], abs=1e-6), key
-    assert max_weight_diff(ckpt, Path(full.trainer.checkpoint_callback.last_model_path)) <= 1e-6
-
-
 BROKEN = {
     "truncated": lambda good, path: path.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2]),
     "corrupted": lambda good, path: path.write_bytes(bytes(b ^ 0x5A for b in good.read_bytes())),
@@ -151,23 +130,43 @@ BROKEN_MESSAGES = {"truncated": "is not a readable checkpoint", "corrupted": "is
 
 
 @pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory) -> Path:
+def good_fit(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     root = tmp_path_factory.mktemp("good")
-    assert icrl("fit", "--config", ORIGIN, *SMALL, *QUIET, "--trainer.max_steps", "3",
-                "--trainer.default_root_dir", str(root)).returncode == 0
-    return last_ckpt(root)
+    return icrl("fit", "--config", ORIGIN, *SMALL, *QUIET, "--trainer.max_steps", "3",
+                "--trainer.default_root_dir", str(root)), last_ckpt(root)
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(good_fit) -> Path:
+    return good_fit[1]
+
+
+def test_a_finished_fit_exits_0_with_its_checkpoint_and_every_scalar_in_scalars_csv(good_fit):
+    proc, ckpt = good_fit
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"icrl: checkpoint at step 3: {ckpt}" in proc.stderr.splitlines() and "Traceback" not in proc.stderr
+    # scalars.csv, beside TensorBoard's event files in the log folder: the same scalars, to float32
+    scalars, events = read_scalars(ckpt.parents[1]), val_scalars(ckpt.parents[1], prefix="")
+    assert scalars.keys() == events.keys() and {"val/loss", "train/loss"} <= scalars.keys()
+    for tag, (step, value) in events.items():
+        assert (scalars[tag][0][-1], scalars[tag][1][-1]) == (step, pytest.approx(value, rel=1e-6)), tag
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("icrl: error:")]
 
 
 @pytest.mark.parametrize("command, fault", [*(("fit", fault) for fault in BROKEN), ("validate", "truncated")])
-def test_broken_checkpoint_is_one_line_naming_the_file(command, fault, good_checkpoint, tmp_path):
+def test_broken_checkpoint_is_one_line_naming_the_file(command, fault, good_checkpoint, run_cli, capsys, tmp_path):
     path = tmp_path / "run.ckpt"
     BROKEN[fault](good_checkpoint, path)
-    proc = icrl(command, "--config", ORIGIN, *SMALL, *QUIET, "--ckpt_path", str(path),
-                "--trainer.default_root_dir", str(tmp_path))
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert errors == [errors[0]] and f"ckpt_path='{path}'" in errors[0] and BROKEN_MESSAGES[fault] in errors[0]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "lightning_logs").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(command, "--config", ORIGIN, *SMALL, "--ckpt_path", str(path))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert errors == error_lines(err)[:1] and f"ckpt_path='{path}'" in errors[0] and BROKEN_MESSAGES[fault] in errors[0]
+    assert "Traceback" not in err and not (tmp_path / "lightning_logs").exists()
 
 
 MISMATCHES = {
@@ -197,9 +196,9 @@ def test_resume_under_other_settings_is_refused_before_step_0(case, run_cli, goo
 
 
 def test_resume_under_another_world_size_is_refused(good_checkpoint):
-    from icrl.checkpoints import load_checkpoint
-
-    signature = {k: v for k, v in load_checkpoint(good_checkpoint)["icrl_run"].items()
+    # the entries' names in checkpoints written before the renames (RunCheckpoint → LastCheckpoint), so they resume
+    assert SIGNATURE_KEY == "icrl_run" and "RunCheckpoint" in load_checkpoint(good_checkpoint)["callbacks"]
+    signature = {k: v for k, v in load_checkpoint(good_checkpoint)[SIGNATURE_KEY].items()
                  if k not in ("world_size", "accumulate_grad_batches")}
     check_resume(good_checkpoint, signature, 1, 1)
     with pytest.raises(ValueError, match="world_size=1 there, 2 here"):
@@ -228,14 +227,51 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_setting_is_one_line_and_writes_nothing(case, tmp_path):
+def test_bad_setting_is_one_line_and_writes_nothing(case, run_cli, capsys, tmp_path):
     args, message = BAD[case]
-    proc = icrl("fit", "--config", ORIGIN, *QUIET, *args, "--trainer.default_root_dir", str(tmp_path))
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("icrl: error:")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", ORIGIN, *args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    lines = error_lines(err)
+    assert len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err and "usage:" not in err
     assert not list(tmp_path.iterdir())  # no run folder, no checkpoint
+
+
+def test_bad_setting_exits_2_from_the_command_line_in_one_line(tmp_path):
+    args, message = BAD["mistyped option"]
+    proc = icrl("fit", "--config", ORIGIN, *QUIET, *args, "--trainer.default_root_dir", str(tmp_path))
+    assert proc.returncode == 2 and error_lines(proc.stderr) == [f"icrl: error: {message}"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr and not list(tmp_path.iterdir())
+
+
+OUT_OF_MEMORY = """
+from lightning.pytorch import Callback
+
+class Allocate(Callback):
+    def __init__(self, error: str):
+        self.error = error
+    def on_train_start(self, trainer, pl_module):
+        raise {"MemoryError": MemoryError, "RuntimeError": RuntimeError}[self.error](
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 800000000000 bytes")
+"""
+
+
+@pytest.mark.parametrize("error", ["RuntimeError", "MemoryError"])
+def test_out_of_memory_before_the_first_step_is_a_setting_naming_the_batch_sizes(error, run_cli, capsys, tmp_path,
+                                                                                monkeypatch):
+    (tmp_path / "alloc_ext.py").write_text(OUT_OF_MEMORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", ORIGIN, *SMALL, "--trainer.callbacks+=alloc_ext.Allocate",
+                f"--trainer.callbacks.error={error}")
+    assert exit_info.value.code == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(f"icrl: error: out of memory before the first step ({error}: "
+                                                   "DefaultCPUAllocator: can't allocate memory")
+    assert "the batches do not fit this machine: lower them (data.batch_size=8" in lines[0]
+    assert not [p for p in (tmp_path / "lightning_logs").rglob("*") if p.is_file()]  # the run's folder is gone
 
 
 def test_tensorboard_gets_the_hparams_and_validate_stays_in_the_run_folder(run_cli, tmp_path):
@@ -252,6 +288,10 @@ def test_tensorboard_gets_the_hparams_and_validate_stays_in_the_run_folder(run_c
     hparams_yaml = (log_dir / "hparams.yaml").read_text()
     assert "model.optimizer.class_path: icrl.optim.NormalizedGD" in hparams_yaml
     assert "model.attention.class_path: icrl.recall.LinearAttention" in hparams_yaml
+    # scalars.csv, beside TensorBoard's events: the fit's, its resume's and the validation's (logged at step 0)
+    scalars = read_scalars(log_dir)
+    assert scalars["val/loss"][0] == [0, 3, 5] and scalars["train/loss"][0][-1] == 5
+    assert val_scalars(log_dir)["val/loss"] == (0, pytest.approx(scalars["val/loss"][1][0], rel=1e-6))
 
     acc = EventAccumulator(str(log_dir))
     acc.Reload()
@@ -265,8 +305,6 @@ def test_tensorboard_gets_the_hparams_and_validate_stays_in_the_run_folder(run_c
 
 
 def test_help_names_the_modules_and_takes_short_class_names(capsys):
-    from icrl.cli import cli_main
-
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--model.help", "RecallModule"])
     assert exit_info.value.code == 0 and "--model.d_model" in capsys.readouterr().out
@@ -284,16 +322,15 @@ import icrl.cli, icrl.streams, icrl.recall, icrl.regression
 imported = len(warnings.filters) - n
 icrl.cli.cli_main(["fit", "--config", {config!r}, *{args!r}])
 ours = [f for f in warnings.filters if f[1] is not None and re.search("IterableDataset|LeafSpec", f[1].pattern)]
-print(imported, len(ours), "TQDM_MINITERS" in os.environ)
+print(imported, len(ours))
 """
 
 
 def test_no_process_wide_side_effects(tmp_path):
-    env = {k: v for k, v in ENV.items() if k != "TQDM_MINITERS"}
     args = [*SMALL, *QUIET, "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path)]
     proc = subprocess.run([sys.executable, "-c", "import re" + SIDE_EFFECTS.format(config=ORIGIN, args=args)],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert proc.stdout.split()[-3:] == ["0", "0", "False"], proc.stderr[-2000:]
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.stdout.split()[-2:] == ["0", "0"], proc.stderr[-2000:]
 
 
 def test_stream_keys_do_not_collide():
@@ -303,23 +340,3 @@ def test_stream_keys_do_not_collide():
         assert not torch.equal(a, b), (short, padded)
     with pytest.raises(ValueError, match="stream keys must be integers in"):
         generator(-1)
-
-
-def test_deterministic_scatter_path_gives_the_same_numbers_on_a_cpu():
-    gen = torch.Generator().manual_seed(0)
-    tokens, w = torch.randint(60, (64, 256), generator=gen), torch.randn(64, 256, generator=gen, requires_grad=True)
-    X = ContextInputs(tokens, 60, 128)
-    fast = X.rmatvec(w)
-    (grad_fast,) = torch.autograd.grad(fast.square().sum(), w)
-    torch.use_deterministic_algorithms(True)
-    try:
-        exact = X.rmatvec(w)
-        (grad_exact,) = torch.autograd.grad(exact.square().sum(), w)
-    finally:
-        torch.use_deterministic_algorithms(False)
-    assert torch.equal(fast, exact) and torch.equal(grad_fast, grad_exact)
-    dense = torch.zeros(64, 256, 128)  # the plain formula: x_h = e_{z_h} + e_{N + z_{h-1}}
-    dense.scatter_(2, tokens[..., None], 1.0)
-    dense[:, 1:].scatter_add_(2, tokens[:, :-1, None] + 60, torch.ones(64, 255, 1))
-    torch.testing.assert_close(exact, torch.einsum("bt,btd->bd", w, dense))
-    assert math.isfinite(exact.sum().item())

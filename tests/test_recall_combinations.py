@@ -7,17 +7,13 @@ import pytest
 import torch
 from torch.nn import functional as nnf
 
-from conftest import ROOT
+from conftest import ATTENTIONS, PARAMETERIZATIONS, ROOT
 from icrl.optim import NormalizedGD
-from icrl.recall import (Attention, LinearAttention, Origin, RecallTask, RecallTransformer, ReLUAttention, Reparam,
-                         ReparamW, SoftmaxAttention, sample_recall)
-from icrl.recall.model import check_trainable
+from icrl.recall import (Attention, Origin, RecallTask, RecallTransformer, ReLUAttention, Reparam, ReparamW,
+                         SoftmaxAttention, sample_recall)
+from icrl.recall.parameterization import check_trainable
 from icrl.streams import generator
 
-ATTENTIONS = {"linear": LinearAttention, "relu": ReLUAttention, "softmax": SoftmaxAttention}
-PARAMETERIZATIONS = {"Origin": Origin, "Reparam": Reparam, "ReparamW": ReparamW,
-                     "Reparam(value_scale)": partial(Reparam, value_scale=True),
-                     "ReparamW(value_scale)": partial(ReparamW, value_scale=True)}
 COMBOS = list(itertools.product(ATTENTIONS, PARAMETERIZATIONS, ["none", "F", "FA"], [0.0, 0.5]))
 # Derived in check_trainable's docstring: zero-init Origin with σ(0) = 0 (linear, ReLU) and no F on the attention path
 FROZEN = {(a, "Origin", ff, alpha) for a in ("linear", "relu") for ff in ("none", "F") for alpha in (0.0, 0.5)}

@@ -104,7 +104,7 @@ def test_stream_is_the_same_for_any_number_of_workers():
     dm = RecallDataModule(context_length=16, batch_size=4, num_workers=2)
     it = iter(dm.train_dataloader())
     with_workers = [next(it)["tokens"] for _ in range(4)]
-    stream = iter(RecallStream(dm.spec, 4, 0))
+    stream = iter(RecallStream(dm.recall_task, 4, 0))
     assert all(torch.equal(a, next(stream)["tokens"]) for a in with_workers)
 
 
@@ -120,11 +120,23 @@ def test_finite_sample_cycles_over_its_fixed_prompts_and_gives_alpha_hat():
 
 
 def test_validation_sets_are_fixed_by_val_seed():
-    a = RecallDataModule(context_length=16, n_val=64, seed=0).val_sets()
-    b = RecallDataModule(context_length=16, n_val=64, seed=5).val_sets()
+    a = RecallDataModule(context_length=16, n_val=64, seed=0).eval_sets()
+    b = RecallDataModule(context_length=16, n_val=64, seed=5).eval_sets()
     assert torch.equal(a[0]["tokens"], b[0]["tokens"]) and torch.equal(a[1]["tokens"], b[1]["tokens"])
     assert ((a[1]["output"] >= 9)).all() and ((a[0]["output"] < 9)).all()
     # the held-out test sets of `icrl test` are other draws of the same distributions
-    test = RecallDataModule(context_length=16, n_val=64, seed=0).val_sets("test")
+    test = RecallDataModule(context_length=16, n_val=64, seed=0).eval_sets("test")
     assert not torch.equal(test[0]["tokens"], a[0]["tokens"]) and not torch.equal(test[1]["tokens"], a[1]["tokens"])
     assert ((test[1]["output"] >= 9)).all() and ((test[0]["output"] < 9)).all()
+
+
+def test_a_batch_beyond_half_the_memory_is_refused_with_the_example_size_of_a_drawn_batch(monkeypatch):
+    dm = RecallDataModule(context_length=16, alpha=0.5, batch_size=4)
+    batch = next(iter(dm.train_dataloader()))
+    assert dm.example_bytes * 4 == sum(t.nbytes for t in batch.values())  # the estimate is the sampler's batch
+    memory = 2 * 4 * dm.example_bytes - 1  # bytes, just under two batches: one batch is more than half
+    monkeypatch.setattr("os.sysconf", lambda name: {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": memory}[name])
+    with pytest.raises(ValueError, match=r"^data\.batch_size=4: one training batch takes 0\.0 GiB \(144 bytes an example\), "
+                                         r"more than half of this machine's 0\.0 GiB of memory; lower data\.batch_size$"):
+        RecallDataModule(context_length=16, alpha=0.5, batch_size=4)
+    RecallDataModule(context_length=16, alpha=0.5, batch_size=3)

@@ -9,7 +9,9 @@ from torch.nn import functional as nnf
 
 from icrl.recall import (Origin, RecallTask, RecallTransformer, Reparam, ReparamW, SoftmaxAttention, entropy,
                          sample_recall)
-from icrl.recall.metrics import BayesGap, ExpectedCrossEntropy, LogitMargin, MeanCrossEntropy, MeanProbability
+from icrl.recall.metrics import (BayesGap, ExpectedCrossEntropy, LogitMargin, MeanCrossEntropy, MeanLogit, MeanMaxLogit,
+                                 MeanProbability, cross_entropy, expected_cross_entropy, logit, logit_margin, max_logit,
+                                 probability)
 from icrl.streams import generator
 
 RANDOM = {"origin": partial(Origin, init_std=1.0), "reparam_w": partial(ReparamW, value_scale=True, init_std=1.0),
@@ -85,20 +87,42 @@ def test_a_diverged_model_shows_nan_metrics():
     assert metric.compute().isnan()
 
 
-def test_the_callback_metrics_cover_every_batch_of_each_loader_and_reset_between_validations():
+IN_DIST = {"loss", "expected_loss", "bayes_gap", "margin_attn", "logit_attn_y", "max_logit_attn"}
+OOD = {"ood_loss", "ood_expected_loss", "ood_bayes_gap", "p_output_ood"}
+NOISY = ({"margin_ff", "logit_ff_tau", "max_logit_ff"}, {"p_noise_ood"})  # in distribution, OOD
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2])
+def test_the_module_logs_each_metric_under_its_loader_over_every_batch_and_resets_between_validations(alpha):
     from lightning.pytorch import Trainer
 
-    from icrl.recall import RecallDataModule, RecallEvaluation, RecallModule
+    from icrl.recall import RecallDataModule, RecallModule
 
-    data = RecallDataModule(context_length=16, alpha=0.2, n_val=96, val_batch_size=32)  # 3 batches a loader
+    data = RecallDataModule(context_length=16, alpha=alpha, n_val=96, val_batch_size=32)  # 3 batches a loader
     model = RecallModule(data.task, attention=SoftmaxAttention(), parameterization=RANDOM["origin"])
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[RecallEvaluation()])
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     first, again = trainer.validate(model, data, verbose=False), trainer.validate(model, data, verbose=False)
     assert first == again  # nothing of the first validation is left in the second
+    extra = NOISY if alpha else (set(), set())
+    assert [set(results) for results in first] == [{f"val/{name}" for name in names | more}
+                                                   for names, more in zip((IN_DIST, OOD), extra)]
+    tau = model.task.noise_token
     with torch.no_grad():
-        for results, batch in zip(first, data.val_sets()):
-            logits = model(batch["tokens"]).logits
-            expected = ExpectedCrossEntropy(0.2, model.task.noise_token)
-            expected.update(logits, batch["output"])
-            key = "val/expected_loss" if "val/expected_loss" in results else "val/ood_expected_loss"
-            assert results[key] == pytest.approx(expected.compute().item(), abs=1e-6)
+        for results, batch, ood in zip(first, data.eval_sets(), ("", "ood_")):
+            out, y = model(batch["tokens"]), batch["output"]
+            expected = {"loss": cross_entropy(out.logits, batch["target"]),
+                        "expected_loss": expected_cross_entropy(out.logits, y, alpha, tau)}
+            for name, values in expected.items():
+                assert results[f"val/{ood}{name}"] == pytest.approx(values.mean().item(), abs=1e-6), name
+            if not ood:
+                assert results["val/margin_attn"] == pytest.approx(logit_margin(out.logits_attn, y).mean().item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("metric, function", [(MeanCrossEntropy(), cross_entropy), (MeanProbability(), probability),
+                                              (LogitMargin(), logit_margin), (MeanLogit(), logit),
+                                              (MeanMaxLogit(), max_logit)])
+def test_each_metric_is_the_mean_of_its_function(metric, function):
+    logits, index = torch.randn(64, 10, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 10
+    metric.update(logits[:40], index[:40])  # accumulated over two batches
+    metric.update(logits[40:], index[40:])
+    assert metric.compute().item() == pytest.approx(function(logits, index).mean().item(), abs=1e-6)

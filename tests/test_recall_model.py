@@ -1,96 +1,85 @@
-"""The recall model's gather/scatter fast path against the plain dense formula of docs/science.md §R.3."""
+"""The recall model's gather/scatter paths against the plain dense formula of docs/science.md §R.3, and its closed forms."""
 
 import itertools
 import math
+from functools import partial
 
 import pytest
 import torch
 from torch.nn import functional as nnf
+from torch.testing import assert_close
 
-from functools import partial
-
-from icrl.recall import (LinearAttention, Origin, RecallTask, RecallTransformer, ReLUAttention, Reparam, ReparamW,
-                         SoftmaxAttention, entropy, sample_recall)
+from conftest import ATTENTIONS, PARAMETERIZATIONS
 from icrl.optim import NormalizedGD
+from icrl.recall import (LinearAttention, Origin, RecallTask, RecallTransformer, Reparam, ReparamW, SoftmaxAttention,
+                         entropy, sample_recall)
+from icrl.recall.dense import dense_forward, dense_inputs
+from icrl.recall.inputs import ContextInputs
 from icrl.recall.metrics import ExpectedCrossEntropy
 from icrl.streams import generator
 
-ATTENTIONS = {"linear": LinearAttention, "relu": ReLUAttention, "softmax": SoftmaxAttention}
-# every parameterization, the value-scaled Reparam (and Reparam-W) of the later paper version included
-PARAMETERIZATIONS = {"origin": Origin, "reparam": Reparam, "reparam_w": ReparamW,
-                     "reparam_scaled": partial(Reparam, value_scale=True),
-                     "reparam_w_scaled": partial(ReparamW, value_scale=True)}
 VALUE_SCALED = partial(Reparam, value_scale=True)
-
-
-def dense_forward(model: RecallTransformer, tokens: torch.Tensor):
-    """docs/science.md §R.3 as written: build x_h = E(z_h) + Ẽ(z_{h-1}) densely and apply the equations."""
-    N, d = model.task.vocab_size, model.U.shape[1]
-    E = torch.eye(d)
-    X = E[tokens].clone()  # (B, T, d)
-    X[:, 1:] += E[N + tokens[:, :-1]]
-    W, V, F, U = model.param.W(), model.param.V(), model.param.F(), model.U
-    x_last = X[:, -1]  # (B, d)
-    s = torch.einsum("bi,ij,btj->bt", x_last, W, X)
-    sigma = model.attention(s)
-    a = torch.einsum("bt,btd->bd", sigma, X)
-    xi_A = (U @ V @ a.T).T
-    xi_F = torch.zeros_like(xi_A) if model.kappa is None else (U @ F @ (x_last + model.kappa * a).T).T
-    return xi_A + xi_F, xi_A, xi_F
-
-
-# every combination; the noisy Reparam without feed-forward is refused by design (the "inexpressible feed-forward" case of
-# tests/test_reliability_recall.py); the random start (init_std) lets zero-init-frozen Origin combinations build
+# every combination, trainable U included; the noisy Reparam(-W) without feed-forward is refused by design
+# (tests/test_recall_combinations.py)
 COMBOS = [c for c in itertools.product(ATTENTIONS, PARAMETERIZATIONS, ["none", "F", "FA"], [False, True], [0.0, 0.3])
-          if not (c[4] > 0 and c[1] != "origin" and c[2] == "none") and not (c[1].endswith("scaled") and c[3])]
-
-
-def build(attention: str, param: str, ff: str, task: RecallTask, d_model: int, **kwargs) -> RecallTransformer:
-    make = PARAMETERIZATIONS[param]
-    if param == "origin":
-        make = partial(Origin, init_std=0.1)
-    return RecallTransformer(task, d_model, ATTENTIONS[attention](), make, ff, **kwargs)
+          if not (c[4] > 0 and c[1] != "Origin" and c[2] == "none") and not ("value_scale" in c[1] and c[3])]
 
 
 @pytest.mark.parametrize("attention,param,ff,trainable_U,alpha", COMBOS)
-def test_fast_path_equals_dense_formula(attention, param, ff, trainable_U, alpha):
+def test_both_fast_paths_equal_the_dense_formula(attention, param, ff, trainable_U, alpha):
     torch.manual_seed(0)
     task = RecallTask(vocab_size=11, n_triggers=2, n_outputs=3, context_length=9, alpha=alpha)
-    model = build(attention, param, ff, task, 25, trainable_U=trainable_U)
+    make = partial(Origin, init_std=0.1) if param == "Origin" else PARAMETERIZATIONS[param]  # zero Origin may be refused
+    model = RecallTransformer(task, 25, ATTENTIONS[attention](), make, ff, trainable_U=trainable_U)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(0.5 * torch.randn_like(p))
     tokens = sample_recall(task, 6, generator(1))["tokens"]
-    out = model(tokens)
-    ref = dense_forward(model, tokens)
-    for fast, slow in zip(out[:3], ref):
-        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    # and the gradients of a loss through both paths
+    out, logits_only, ref = model(tokens), model(tokens, parts=False), dense_forward(model, tokens)
+    assert out.logits.shape == out.logits_attn.shape == out.logits_ff.shape == (6, 11) and out.attention.shape == (6, 9)
+    assert logits_only.logits_attn is None and logits_only.logits_ff is None
+    for fast, dense in zip([*out, logits_only.logits, logits_only.attention], [*ref, ref.logits, ref.attention]):
+        assert_close(fast, dense, atol=1e-5, rtol=1e-5)
+    # gradients of a loss through all four outputs (parts=True), and of the training loss (parts=False)
+    probes = [torch.randn_like(t) for t in ref]
     target = torch.randint(0, task.vocab_size, (6,))
-    g_fast = torch.autograd.grad(nnf.cross_entropy(out.logits, target), list(model.parameters()))
-    g_slow = torch.autograd.grad(nnf.cross_entropy(ref[0], target), list(model.parameters()))
-    for a, b in zip(g_fast, g_slow):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    params = list(model.parameters())
+    for fast, dense in [(sum((o * w).sum() for o, w in zip(out, probes)), sum((o * w).sum() for o, w in zip(ref, probes))),
+                        (nnf.cross_entropy(logits_only.logits, target), nnf.cross_entropy(ref.logits, target))]:
+        for g_fast, g_dense in zip(torch.autograd.grad(fast, params), torch.autograd.grad(dense, params, retain_graph=True)):
+            assert_close(g_fast, g_dense, atol=1e-5, rtol=1e-5)
 
 
-def test_reparam_matrices_follow_spec():
-    task = RecallTask(vocab_size=12, n_triggers=3, n_outputs=2, context_length=10)
-    model = RecallTransformer(task, 24, parameterization=Reparam)
-    with torch.no_grad():
-        model.param.lam.copy_(torch.tensor([1.0, 2.0, 3.0]))
-    E = torch.eye(24)
-    expected = sum(lam * torch.outer(E[k], E[12 + k]) for k, lam in enumerate([1.0, 2.0, 3.0]))
-    torch.testing.assert_close(model.param.W(), expected)
-    torch.testing.assert_close(model.param.V(), torch.eye(24))
-    assert model.param.F().abs().sum() == 0
-
-    noisy = RecallTask(vocab_size=12, n_triggers=3, n_outputs=2, context_length=10, alpha=0.2)
-    model = RecallTransformer(noisy, 24, parameterization=Reparam)
-    with torch.no_grad():
-        model.param.lam.fill_(2.5)
-    tau, gamma = 11, math.log(0.2 / 0.8)
-    torch.testing.assert_close(model.param.W(), 2.5 * torch.outer(E[0], E[12] - E[tau]))
-    torch.testing.assert_close(model.param.F(), torch.outer(E[tau], gamma * E[0] + E[12]))
+@pytest.mark.parametrize("value_scale", [False, True])
+def test_reparam_matrices_follow_spec(value_scale):
+    E, s, tau, gamma = torch.eye(24), 3.0 if value_scale else 1.0, 11, math.log(0.2 / 0.8)
+    for alpha, lam in [(0.0, [1.0, 2.0, 3.0]), (0.2, [2.5])]:
+        task = RecallTask(vocab_size=12, n_triggers=3, n_outputs=2, context_length=10, alpha=alpha)
+        param = RecallTransformer(task, 24, parameterization=partial(Reparam, value_scale=value_scale)).param
+        # the state_dict names (and parameter order) checkpoints were saved with
+        assert [n for n, _ in param.named_parameters()] == (["log_s", "lam"] if value_scale else ["lam"])
+        with torch.no_grad():
+            param.lam.copy_(torch.tensor(lam))
+            if value_scale:
+                assert param.scale().item() == 1.0  # starts as the plain Reparam
+                param.log_s.fill_(math.log(s))
+        if alpha:
+            assert_close(param.W(), 2.5 * torch.outer(E[0], E[12] - E[tau]))
+            assert_close(param.F(), torch.outer(E[tau], gamma * E[0] + s * E[12]))  # F = E(τ)(γE(q) + sẼ(q))ᵀ
+        else:
+            assert_close(param.W(), sum(lam_k * torch.outer(E[k], E[12 + k]) for k, lam_k in enumerate(lam)))
+            assert param.F().abs().sum() == 0
+        assert_close(param.V(), s * torch.eye(24))
+        # ReparamW: the same V and F around its free W
+        free = ReparamW(task, 24, value_scale=value_scale, init_std=0.1)
+        assert [n for n, _ in free.named_parameters()] == (["log_s", "W_"] if value_scale else ["W_"])
+        with torch.no_grad():
+            if value_scale:
+                free.log_s.fill_(math.log(s))
+        assert_close(free.V(), param.V())
+        assert_close(free.F(), param.F())
+    free_sign = ReparamW(task, 24, value_scale=True, free_sign=True)
+    assert [n for n, _ in free_sign.named_parameters()] == ["s", "W_"] and free_sign.scale() is free_sign.s
 
 
 @pytest.mark.parametrize("lam", [0.0, 1.5, 6.0])
@@ -116,7 +105,7 @@ def test_noisy_reparam_linear_closed_form(alpha, Lam):
     c = math.log(1 + (1 - alpha) * 58 * math.exp(-Lam))
     is_tau = batch["target"] == task.noise_token
     expected = torch.where(is_tau, -math.log(alpha) + c, -math.log(1 - alpha) + c)
-    torch.testing.assert_close(per_sample, expected.float(), atol=1e-5, rtol=1e-5)
+    assert_close(per_sample, expected.float(), atol=1e-5, rtol=1e-5)
     # its mean is the population loss H(α) + c up to the sampling noise of the τ frequency
     population = -alpha * math.log(alpha) - (1 - alpha) * math.log(1 - alpha) + c
     assert per_sample.mean().item() == pytest.approx(population, abs=4 * math.sqrt(alpha * (1 - alpha) / 4096) * abs(math.log(alpha / (1 - alpha))) + 1e-4)
@@ -130,26 +119,6 @@ def test_softmax_reparam_with_fixed_U_floors_at_ln_1_plus_N_minus_1_over_e():
     batch = sample_recall(task, 128, generator(4))
     loss = nnf.cross_entropy(model(batch["tokens"]).logits, batch["target"])
     assert loss.item() == pytest.approx(math.log(1 + 59 / math.e), rel=1e-4)
-
-
-def test_model_outputs_have_documented_shapes():
-    task = RecallTask(vocab_size=20, n_triggers=2, n_outputs=3, context_length=12)
-    out = RecallTransformer(task, 40, feedforward="FA")(sample_recall(task, 5, generator(0))["tokens"])
-    assert out.logits.shape == out.logits_attn.shape == out.logits_ff.shape == (5, 20)
-    assert out.attention.shape == (5, 12)
-
-
-def test_value_scaled_reparam_matrices_follow_spec():
-    noisy = RecallTask(vocab_size=12, n_triggers=3, n_outputs=2, context_length=10, alpha=0.2)
-    model = RecallTransformer(noisy, 24, SoftmaxAttention(), VALUE_SCALED)
-    assert model.param.scale().item() == 1.0  # starts as the plain Reparam
-    with torch.no_grad():
-        model.param.lam.fill_(2.5)
-        model.param.log_s.fill_(math.log(3.0))
-    E, tau, gamma = torch.eye(24), 11, math.log(0.2 / 0.8)
-    torch.testing.assert_close(model.param.W(), 2.5 * torch.outer(E[0], E[12] - E[tau]))
-    torch.testing.assert_close(model.param.V(), 3.0 * torch.eye(24))
-    torch.testing.assert_close(model.param.F(), torch.outer(E[tau], gamma * E[0] + 3.0 * E[12]))  # F = E(τ)(γE(q) + sẼ(q))ᵀ
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.2, 0.5])
@@ -185,7 +154,7 @@ def test_value_scale_must_stay_positive_at_long_contexts(free_sign):
     for _ in range(400):
         batch = sample_recall(task, 128, gen)
         opt.zero_grad()
-        nnf.cross_entropy(model(batch["tokens"]).logits, batch["target"]).backward()
+        nnf.cross_entropy(model(batch["tokens"], parts=False).logits, batch["target"]).backward()  # as training does
         opt.step()
     batch = sample_recall(task, 1024, generator(1), ood=True)
     with torch.no_grad():
@@ -198,3 +167,20 @@ def test_value_scale_must_stay_positive_at_long_contexts(free_sign):
     else:
         assert model.param.scale().item() > 1 and model.param.lam.item() > 5
         assert 0 <= gap < 1e-3 and abs(p_noise - 0.5) < 0.02
+
+
+def test_deterministic_scatter_path_gives_the_same_numbers_on_a_cpu():
+    gen = torch.Generator().manual_seed(0)
+    tokens, w = torch.randint(60, (64, 256), generator=gen), torch.randn(64, 256, generator=gen, requires_grad=True)
+    X = ContextInputs(tokens, 60, 128)
+    fast = X.rmatvec(w)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), w)
+    torch.use_deterministic_algorithms(True)
+    try:
+        exact = X.rmatvec(w)
+        (grad_exact,) = torch.autograd.grad(exact.square().sum(), w)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(fast, exact) and torch.equal(grad_fast, grad_exact)
+    assert_close(exact, torch.einsum("bt,btd->bd", w, dense_inputs(tokens, 60, 128)))
+    assert math.isfinite(exact.sum().item())

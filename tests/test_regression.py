@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
-from icrl.cli import cli_main
 from icrl.regression import (
     OneLayerMultiHead,
     OneLayerRegression,
@@ -26,7 +23,6 @@ from icrl.regression import (
 from icrl.regression.data import TARGETS, TRAIN, generator, sample_labels
 from icrl.regression.references import expected_ridge_best_gap
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "regression").glob("*.yaml"))
 SMALL = dict(n_tokens=40, n_labelled=10, token_dim=16, n_basis=5, noise_var=0.05, batch_size=64, n_val=128)
 
 
@@ -201,24 +197,14 @@ def test_target_laws_moments_and_best_linear_predictor():
     assert mse["independent"]["ridge"] < mse["independent"]["copy"] and mse["noiseless"]["ridge"] < mse["noiseless"]["copy"]
 
 
-def test_checkpoint_keeps_tables_and_resumes_the_stream(tmp_path):
-    seed_everything(0)
-    dm = TemplateRegressionDataModule(**SMALL)
-    model = OneLayerRegression(dm.task, heads=8, beta=0.1)
-    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    trainer = Trainer(max_steps=3, limit_val_batches=0, logger=False, callbacks=[ckpt], enable_progress_bar=False)
-    trainer.fit(model, dm)
-    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert state["TemplateRegressionDataModule"]["batches_consumed"] == 3
-    OneLayerRegression.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
-
-    other = TemplateRegressionDataModule(**{**SMALL, "seed": 1})  # resumed with another seed: the tables come back
-    other.load_state_dict(state["TemplateRegressionDataModule"])
-    torch.testing.assert_close(other.f, dm.f)
-    resumed = TemplateRegressionDataModule(**SMALL)
-    resumed.load_state_dict(state["TemplateRegressionDataModule"])
-    stream = [b["y"] for _, b in zip(range(4), dm.train_dataloader())]
-    torch.testing.assert_close(next(iter(resumed.train_dataloader()))["y"], stream[3])  # batches 0-2 were consumed
+def test_a_batch_beyond_half_the_memory_is_refused_with_the_example_size_of_a_drawn_batch(monkeypatch):
+    dm = TemplateRegressionDataModule(**{**SMALL, "batch_size": 3})
+    batch = next(iter(dm.train_dataloader()))  # the tables v, f (K rows) come once a batch, not an example
+    assert dm.example_bytes * 3 == sum(t.nbytes for t in batch.values() if len(t) == 3) == batch["y"].nbytes * 2
+    monkeypatch.setattr("os.sysconf", lambda name: {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": 6 * dm.example_bytes - 1}[name])
+    with pytest.raises(ValueError, match=r"^data\.batch_size=3: one training batch takes 0\.0 GiB \(320 bytes an example\)"):
+        TemplateRegressionDataModule(**{**SMALL, "batch_size": 3})
+    TemplateRegressionDataModule(**{**SMALL, "batch_size": 2})
 
 
 # --- module -------------------------------------------------------------------------------------
@@ -237,12 +223,12 @@ def test_metrics_and_training_loss_on_a_toy_case_in_closed_form(monkeypatch):
     task = dict(n_tokens=3, n_labelled=2, token_dim=1, n_basis=2, noise_var=0.5)
     model = OneLayerRegression(task, heads=1)
     model.net = Copy()
-    monkeypatch.setattr(model, "log_dict", lambda *args, **kwargs: None)  # no trainer to log to
-    monkeypatch.setattr("icrl.regression.module.is_logging_step", lambda module: False)
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)  # no trainer to log to
+    monkeypatch.setattr(model, "is_logging_step", lambda: False)
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     batch = {"v": torch.zeros(3, 1), "f": f, "y": torch.tensor([[2.0, 4.0, 7.0]]), "target": torch.tensor([[1.0, 5.0, 3.0]])}
     model.validation_step(batch, 0, 0)
-    values = {name: metric.compute().item() for name, metric in model.val_metrics[0].items()}
+    values = {name: metric.compute().item() for name, metric in model.eval_metrics[0].items()}
     assert values == pytest.approx(dict(
         loss=(1 + 1 + 9) / 3, unseen_example_loss=9, ridge_loss=(0 + 9 + 0) / 3, unseen_example_ridge_loss=0,
         best_loss=3, ridge_gap=(1 + 4 + 9) / 3, labelled_ridge_gap=(1 + 4) / 2, unseen_example_ridge_gap=9,
@@ -282,29 +268,6 @@ def test_training_approaches_ridge():
     # the labelled tokens too (0.003 × the start; with "shared" targets the model copies them: 0.024 ×)
     assert end["val/labelled_ridge_gap"] < 0.01 * start["val/labelled_ridge_gap"]
     assert end["val/unseen_example_ridge_gap"] < 0.01 * start["val/unseen_example_ridge_gap"]
-
-
-# --- configs ------------------------------------------------------------------------------------
-
-
-def test_every_paper_figure_has_a_config():
-    assert {c.stem for c in CONFIGS} >= {"fig2-1layer", "fig2-4layer", "fig3-gap-vs-n", "fig4-heads", "fig5-4layer-heads"}
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
-def test_config_runs_fast_dev_run(config, tmp_path):
-    overrides = {
-        # the sweep each config documents, at one of its values
-        "fig3-gap-vs-n": ["--data.n_labelled", "50"],
-        "fig4-heads": ["--model.heads", "8"],
-        "fig5-4layer-heads": ["--model.n_heads", "4"],
-    }.get(config.stem, [])
-    if "4layer" in config.stem:  # a batch of 256 takes ~15 s on a CPU
-        overrides += ["--data.batch_size", "8"]
-    args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)]
-    cli = cli_main(args + overrides)
-    assert cli.trainer.global_step == 1
-    assert cli.model.hparams.task == cli.datamodule.task
 
 
 def test_expected_ridge_best_gap_matches_the_sampled_gap_of_the_references():

@@ -5,12 +5,13 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
-from icrl.reproduce import main, run as run_module
-from icrl.reproduce.experiments import Check, experiments
-from icrl.reproduce.results import check_rows, end_values, fmt_values, value_rows
+from icrl.reproduce import experiments, main, parse_fit_args
+from icrl.reproduce.experiments import Check, label, matches
+from icrl.reproduce.plan import configs_dir, plan
+from icrl.reproduce.results import check_rows, value_rows
 from icrl.scalars import read_scalars
+from icrl.sweep.tables import end_values, fmt_values
 
 EXPERIMENTS = ["recall-fig1", "recall-eta", "recall-alpha-sweep", "recall-finite", "recall-finite-fig",
                "recall-margins", "recall-margins-fig", "recall-context-length", "recall-rate", "recall-finite-n",
@@ -25,14 +26,14 @@ def test_list_names_every_experiment(capsys):
     assert listed == EXPERIMENTS
 
 
-def test_every_run_has_a_config_and_every_check_selects_one_run():
-    root = run_module.configs_dir()
+def test_every_point_has_a_config_and_every_check_selects_one_point():
+    root = configs_dir()
     for exp in experiments().values():
-        for run in exp.runs:
-            assert (root / run.config).exists(), (exp.name, run.config)
+        for p in exp.points:
+            assert (root / p.config).exists(), (exp.name, p.config)
         for check in exp.checks:
-            assert sum(run.matches(check.run) for run in exp.runs) == 1, (exp.name, check)
-        labels = [run.label for run in exp.runs]
+            assert sum(matches(p, check.where) for p in exp.points) == 1, (exp.name, check)
+        labels = [label(p) for p in exp.points]
         assert len(set(labels)) == len(labels), exp.name
 
 
@@ -69,7 +70,7 @@ def test_reuse_trains_nothing_again(fig1_tiny, monkeypatch):
     def fail(job):
         raise AssertionError(f"retrained {job['dir']}")
 
-    monkeypatch.setattr(backends, "run_one", fail)
+    monkeypatch.setattr(backends, "train_job", fail)
     main(["recall-fig1", *TINY, "--out", str(fig1_tiny), "--reuse"])
     assert "12 runs (12 reused from earlier invocations)" in (fig1_tiny / "results.md").read_text()
 
@@ -184,14 +185,14 @@ def test_end_values_and_formatting():
 
 def test_checks_compare_the_mean_over_seeds():
     exp = experiments()["recall-fig1"]
-    runs = {r.label: r for r in exp.runs}
-    data = {r: {} for r in exp.runs}
-    data[runs["Reparam-Linear-FA (α=0.5)"]] = seeds({"val/loss": [0.6931, 0.6932, 0.6933],
+    points = {label(p): p for p in exp.points}
+    data = {p: {} for p in exp.points}
+    data[points["Reparam-Linear-FA (α=0.5)"]] = seeds({"val/loss": [0.6931, 0.6932, 0.6933],
                                                      "val/bayes_gap": [1e-4, 2e-4, 3e-4],
                                                      # two seeds within 1e-3, but the mean 1.5e-3 is not
                                                      "val/ood_bayes_gap": [5e-4, 5e-4, 3.5e-3],
                                                      "val/p_noise_ood": [0.49, 0.50, 0.51]})
-    data[runs["Origin-Linear-FA (α=0.0)"]] = seeds({"val/loss": [0.0, 0.0, 0.0], "val/ood_loss": [13.9, 14.0, 14.1]})
+    data[points["Origin-Linear-FA (α=0.0)"]] = seeds({"val/loss": [0.0, 0.0, 0.0], "val/ood_loss": [13.9, 14.0, 14.1]})
     rows = {(r[0], r[1]): r for r in check_rows(exp, data)}
     assert rows["Reparam-Linear-FA (α=0.5)", "`val/bayes_gap`"][3:] == ["0 ± 0.001", "Bayes risk H(0.5) = ln 2", "✓"]
     assert rows["Reparam-Linear-FA (α=0.5)", "`val/ood_bayes_gap`"][-1] == "✗"
@@ -209,13 +210,13 @@ def test_rate_checks_read_the_log_slope_in_the_asymptotic_window():
     exp = experiments()["recall-rate"]
     steps = list(range(0, 600, 5))
     data = {}
-    for run in exp.runs:
-        rate = run.params["eta"] * (1 if run.params["alpha"] else 1 / math.sqrt(5))
-        if run.params == {"alpha": 0.5, "eta": 0.2}:
+    for p in exp.points:
+        rate = p.params["eta"] * (1 if p.params["alpha"] else 1 / math.sqrt(5))
+        if p.params == {"alpha": 0.5, "eta": 0.2}:
             rate *= 0.9  # a slope 10% off the theory's
         # the gap above the window (ln 60 at the start) and the float floor below it must not bend the fit
         gap = [min(4.1, 3 * math.exp(-rate * t)) + 1e-7 for t in steps]
-        data[run] = {0: {"scalars": {"val/bayes_gap": [steps, gap]}}}
+        data[p] = {0: {"scalars": {"val/bayes_gap": [steps, gap]}}}
     rows = {r[0]: r for r in check_rows(exp, data)}
     assert rows["Reparam-Linear-FA (α=0.0, η=0.1)"][2:4] == ["-0.0447", "-0.04472 ± 5%"]
     assert [rows[label][-1] for label in rows].count("✗") == 1 and rows["Reparam-Linear-FA (α=0.5, η=0.2)"][-1] == "✗"
@@ -229,13 +230,11 @@ def test_check_kinds():
     assert not Check({}, "m", 1.0, "", kind="below").holds(math.nan)
 
 
-def test_plan_shares_runs_and_scopes_fit_args():
-    from icrl.reproduce import parse_fit_args
-
+def test_plan_shares_points_and_scopes_fit_args():
     exps = experiments()
     scoped = [parse_fit_args("regression/fig2-4layer*:--data.init_args.batch_size 8"),
               ("recall/*", ["--trainer.callbacks+=icrl.recall.images.RecallImages"])]
-    points = run_module.plan([exps["recall-fig1"], exps["recall-margins"], exps["regression-fig2"]], quick=True,
+    points = plan([exps["recall-fig1"], exps["recall-margins"], exps["regression-fig2"]], quick=True,
                              fit_args=scoped)
     # recall-margins' runs are recall-fig1's: the same point, trained once per seed
     assert points["recall-margins", "Reparam-Linear-FA (α=0.5)"] == points["recall-fig1", "Reparam-Linear-FA (α=0.5)"]
@@ -244,6 +243,11 @@ def test_plan_shares_runs_and_scopes_fit_args():
     four = points["regression-fig2", "4-layer transformer"].args
     one = points["regression-fig2", "1-layer, H = 64"].args
     assert four[-2:] == ("--data.init_args.batch_size", "8") and "8" not in one
+    assert "--model.init_args.d_model" in four and "--model.init_args.d_model" not in one  # the 4-layer's --quick
+    fig4 = plan([exps["regression-fig4"]], quick=True)
+    # --quick's globs match point names: the lr 3e-3 points get their own 60 steps after the shared 400
+    assert fig4["regression-fig4", "1-layer, lr 3e-3 (H=64)"].args[-6:-4] == ("--trainer.max_steps", "60")
+    assert fig4["regression-fig4", "1-layer (H=64)"].args[-6:-4] == ("--trainer.max_steps", "400")
     assert all(("RecallImages" in " ".join(p.args)) == ("/recall/" in p.config) for p in points.values())
 
 

@@ -10,7 +10,6 @@ FIG1 = ROOT / "configs" / "recall" / "fig1"
 pytestmark = pytest.mark.slow
 
 
-
 def test_fig1_reparam_linear_fa_noisy_reaches_ln2_in_and_out_of_distribution(run_cli):
     m = end_metrics(run_cli("fit", "--config", str(FIG1 / "reparam-linear-fa.yaml"), "--data.alpha", "0.5"))
     assert abs(m["val/loss"] - math.log(2)) < 0.01 and abs(m["val/ood_loss"] - math.log(2)) < 0.01

@@ -12,11 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from icrl.recall.task import RecallTask
-from icrl.streams import (BatchStream, FixedBatches, StreamDataModule, StreamLoader, check_seeds, check_shares,
-                          generator, rank_and_world)
+from icrl.streams import BatchStream, StreamDataModule, StreamLoader, generator, rank_and_world
 
 TRAIN, VAL, OOD, FIXED, SHUFFLE, TEST, TEST_OOD = range(7)  # stream ids: no two streams share a generator seed
 
@@ -136,63 +134,44 @@ class RecallDataModule(StreamDataModule):
     def __init__(self, vocab_size: int = 60, n_triggers: int = 5, n_outputs: int = 4, context_length: int = 256,
                  alpha: float = 0.0, batch_size: int = 512, n_samples: int | None = None, seed: int = 0,
                  n_val: int = 2048, val_seed: int = 12345, val_batch_size: int = 1024, num_workers: int = 0):
-        super().__init__(num_workers)
-        for name, value in dict(batch_size=batch_size, n_val=n_val, val_batch_size=val_batch_size).items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={value}")
+        # an example: tokens (T,), target and output, int64
+        super().__init__(batch_size, n_val, val_batch_size, seed, val_seed, num_workers, 8 * (context_length + 2))
         if n_samples is not None and n_samples < batch_size:
             raise ValueError(f"n_samples must be None (population) or >= batch_size={batch_size}, got n_samples={n_samples}")
-        check_seeds(seed=seed, val_seed=val_seed)
-        self.spec = RecallTask(vocab_size, n_triggers, n_outputs, context_length, alpha)
-        self.batch_size, self.n_samples, self.seed = batch_size, n_samples, seed
-        self.n_val, self.val_seed, self.val_batch_size = n_val, val_seed, val_batch_size
+        self.recall_task = RecallTask(vocab_size, n_triggers, n_outputs, context_length, alpha)
+        self.n_samples = n_samples
         self._fixed = None
-        self._eval: dict[str, list[dict[str, Tensor]]] = {}
 
     @property
     def fixed_sample(self) -> dict[str, Tensor] | None:
         """The finite training sample (``n_samples`` prompts), drawn once from ``seed``."""
         if self.n_samples is not None and self._fixed is None:
-            self._fixed = sample_recall(self.spec, self.n_samples, generator(self.seed, FIXED))
+            self._fixed = sample_recall(self.recall_task, self.n_samples, generator(self.seed, FIXED))
         return self._fixed
 
     @property
     def task(self) -> dict:
         """The task as a plain dict, linked into the model's ``task`` argument by the CLI."""
-        alpha_hat = self.spec.alpha
-        if self.fixed_sample is not None and self.spec.noisy:
-            alpha_hat = (self.fixed_sample["target"] == self.spec.noise_token).double().mean().item()
+        task = self.recall_task
+        alpha_hat = task.alpha
+        if self.fixed_sample is not None and task.noisy:
+            alpha_hat = (self.fixed_sample["target"] == task.noise_token).double().mean().item()
             if not 0 < alpha_hat < 1:  # γ = log(α̂/(1-α̂)) must be finite
                 raise ValueError(
                     f"the finite sample (n_samples={self.n_samples}, seed={self.seed}) has "
-                    f"{'no' if alpha_hat == 0 else 'only'} noise targets at alpha={self.spec.alpha}, so its empirical "
+                    f"{'no' if alpha_hat == 0 else 'only'} noise targets at alpha={task.alpha}, so its empirical "
                     f"α̂ = {alpha_hat} gives an infinite γ: use a larger n_samples or an alpha further from 0")
-        return {**self.spec.as_dict(), "alpha_hat": alpha_hat}
-
-    def setup(self, stage: str) -> None:
-        check_shares(self.n_val, rank_and_world(self.trainer)[1])
+        return {**task.as_dict(), "alpha_hat": alpha_hat}
 
     def train_dataloader(self) -> StreamLoader:
         rank, world = rank_and_world(self.trainer)
-        stream = RecallStream(self.spec, self.batch_size, self.seed, rank, world, self.batches_consumed, self.fixed_sample)
+        stream = RecallStream(self.recall_task, self.batch_size, self.seed, rank, world, self.batches_consumed,
+                              self.fixed_sample)
         return self.stream_loader(stream)
 
-    def val_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
+    def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
         """The fixed ``[in-distribution, OOD]`` sets of ``n_val`` prompts each, drawn from ``val_seed``;
         ``stage="test"`` gives the held-out test sets (other streams of the same seed)."""
-        if stage not in self._eval:
-            streams = (VAL, OOD) if stage == "val" else (TEST, TEST_OOD)
-            self._eval[stage] = [sample_recall(self.spec, self.n_val, generator(self.val_seed, stream), ood=ood)
-                                 for stream, ood in zip(streams, (False, True))]
-        return self._eval[stage]
-
-    def _eval_loaders(self, stage: str) -> list[DataLoader]:
-        rank, world = rank_and_world(self.trainer)  # each rank scores its own share of each set
-        return [DataLoader(FixedBatches(s, self.val_batch_size, rank, world), batch_size=None)
-                for s in self.val_sets(stage)]
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
+        streams = (VAL, OOD) if stage == "val" else (TEST, TEST_OOD)
+        return [sample_recall(self.recall_task, self.n_val, generator(self.val_seed, stream), ood=ood)
+                for stream, ood in zip(streams, (False, True))]

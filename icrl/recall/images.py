@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a notebook's backend is left alone
 from torch import Tensor
 
-from icrl.recall.metrics import LogitMargin
+from icrl.recall.metrics import logit_margin
 
 
 def bigram_positions(tokens: Tensor) -> tuple[list[int], list[int]]:
@@ -77,11 +77,10 @@ def logits_figure(task, logits_attn: Tensor, logits_ff: Tensor, output: Tensor, 
     axes[0].set_ylabel("logit")
     axes[0].set_title(f"{title}logits of one prompt", fontsize=10)
     axes[0].legend(fontsize=7)
-    margin = LogitMargin()
-    axes[1].hist(margin.per_sample(logits_attn, output).numpy(), bins=30, color="C0", alpha=0.7,
+    axes[1].hist(logit_margin(logits_attn, output).numpy(), bins=30, color="C0", alpha=0.7,
                  label="ξ_A,y − max_{k≠y} ξ_A,k")
     if task.noisy:
-        margin_ff = margin.per_sample(logits_ff, torch.full_like(output, tau))
+        margin_ff = logit_margin(logits_ff, torch.full_like(output, tau))
         axes[1].hist(margin_ff.numpy(), bins=30, color="C1", alpha=0.7, label="ξ_F,τ − max_{k≠τ} ξ_F,k")
     axes[1].axvline(0, color="k", lw=0.8)
     axes[1].set_xlabel("logit margin")
@@ -124,7 +123,7 @@ class RecallImages(Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if dataloader_idx != 0 or batch_idx != 0 or trainer.sanity_checking:
             return
-        out = outputs["output"] if isinstance(outputs, dict) and "output" in outputs else pl_module(batch["tokens"])
+        out = pl_module(batch["tokens"])
         self._batch = {"tokens": batch["tokens"].cpu(), "output": batch["output"].cpu(),
                        **{k: getattr(out, k).detach().float().cpu() for k in ("logits_attn", "logits_ff", "attention")}}
 

@@ -1,12 +1,15 @@
-"""Recall metrics (docs/science.md §R.6) as torchmetrics ``MeanMetric``s of a per-prompt quantity.
+"""Recall metrics (docs/science.md §R.6): per-prompt functions and the torchmetrics ``MeanMetric`` of each.
 
-States are torchmetrics' own (``sum`` over processes) in the default float32, which every device
-holds (Apple's MPS has no float64); each batch adds one pairwise-summed total, so the relative
-error of a mean is about (number of batches) × 2⁻²⁴. NaNs are kept, not dropped: a diverged model
-shows NaN metrics.
+Each function maps logits ``(B, N)`` and a token index ``(B,)`` to one value a prompt ``(B,)``; its
+class averages that over every prompt a validation sees. States are torchmetrics' own (``sum`` over
+processes) in the default float32, which every device holds (Apple's MPS has no float64); each batch
+adds one pairwise-summed total, so the relative error of a mean is about (number of batches) × 2⁻²⁴.
+NaNs are kept, not dropped: a diverged model shows NaN metrics.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -14,57 +17,114 @@ from torch.nn import functional as nnf
 from torchmetrics import MeanMetric
 
 
-class _PerPrompt(MeanMetric):
-    """Mean over prompts of ``per_sample(logits (B, N), index (B,)) -> (B,)``."""
+def cross_entropy(logits: Tensor, index: Tensor) -> Tensor:
+    """``−log softmax(ξ)_k`` in nats.
 
-    def __init__(self, **kwargs):
-        super().__init__(nan_strategy="disable", **kwargs)
-
-    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def update(self, logits: Tensor, index: Tensor) -> None:
-        super().update(self.per_sample(logits.detach().float(), index))
-
-
-class MeanCrossEntropy(_PerPrompt):
-    """Mean cross-entropy ``−log softmax(ξ)_target`` in nats.
-
-    >>> m = MeanCrossEntropy(); m.update(torch.zeros(2, 4), torch.tensor([0, 3])); round(m.compute().item(), 4)
-    1.3863
+    >>> cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))
+    tensor([1.3863, 1.3863])
     """
-
-    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        return nnf.cross_entropy(logits, index, reduction="none")
+    return nnf.cross_entropy(logits, index, reduction="none")
 
 
-class ExpectedCrossEntropy(_PerPrompt):
-    """Cross-entropy in expectation over the label noise: ``−α log p_τ − (1−α) log p_y`` per prompt.
+def expected_cross_entropy(logits: Tensor, output: Tensor, alpha: float, noise_token: int) -> Tensor:
+    """Cross-entropy in expectation over the label noise: ``−α log p_τ − (1−α) log p_y``.
 
     The noisy task's target is τ with probability α, else the prompt's output ``y``, independently of
     the prompt; so this is the exact expected loss of each prompt, without the sampling noise of the
-    drawn targets (``update`` takes ``y``, the batch's ``output``). At α = 0 it is the cross-entropy
-    of ``y``. Its excess over ``H(α)`` is a KL divergence, ≥ 0 for every model (Gibbs' inequality).
+    drawn targets. At α = 0 it is the cross-entropy of ``y``. Its excess over ``H(α)`` is a KL
+    divergence, ≥ 0 for every model (Gibbs' inequality).
 
-    >>> m = ExpectedCrossEntropy(alpha=0.5, noise_token=2)
-    >>> m.update(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([1])); round(m.compute().item(), 4)  # ln 3
-    1.0986
+    >>> expected_cross_entropy(torch.zeros(1, 3), torch.tensor([1]), alpha=0.5, noise_token=2)  # ln 3
+    tensor([1.0986])
+    """
+    logp = torch.log_softmax(logits, -1)  # (B, N)
+    loss = -(1 - alpha) * logp.gather(1, output[:, None]).squeeze(1)
+    if alpha:  # at α = 0 the τ term is absent, even where p_τ = 0
+        loss = loss - alpha * logp[:, noise_token]
+    return loss
+
+
+def bayes_gap(logits: Tensor, output: Tensor, alpha: float, noise_token: int, bayes_risk: float) -> Tensor:
+    """Expected cross-entropy minus the task's Bayes risk ``H(α)`` (0 noiseless): ≥ 0 for every model.
+
+    >>> bayes_gap(torch.zeros(1, 2), torch.tensor([1]), alpha=0.0, noise_token=1, bayes_risk=0.0)
+    tensor([0.6931])
+    """
+    return expected_cross_entropy(logits, output, alpha, noise_token) - bayes_risk
+
+
+def probability(logits: Tensor, index: Tensor) -> Tensor:
+    """Predicted probability ``softmax(ξ)_k`` of token ``k``.
+
+    >>> probability(torch.tensor([[0.0, 0.0], [0.0, 100.0]]), torch.tensor([0, 1]))
+    tensor([0.5000, 1.0000])
+    """
+    return torch.softmax(logits, -1).gather(1, index[:, None]).squeeze(1)
+
+
+def logit_margin(logits: Tensor, index: Tensor) -> Tensor:
+    """Margin ``ξ_k − max_{j≠k} ξ_j`` of token ``k`` (docs/science.md §R.6).
+
+    >>> logit_margin(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0]))
+    tensor([1.])
+    """
+    own = logits.gather(1, index[:, None]).squeeze(1)
+    others = logits.scatter(1, index[:, None], float("-inf")).amax(1)
+    return own - others
+
+
+def logit(logits: Tensor, index: Tensor) -> Tensor:
+    """Logit ``ξ_k`` of token ``k`` (the margin figures' ``ξ_{A,y}``, ``ξ_{F,τ}``).
+
+    >>> logit(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 1]))
+    tensor([3., 2.])
+    """
+    return logits.gather(1, index[:, None]).squeeze(1)
+
+
+def max_logit(logits: Tensor, index: Tensor) -> Tensor:
+    """Largest logit ``max_j ξ_j`` over all tokens ``j`` (``index`` is not used).
+
+    >>> max_logit(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 0]))
+    tensor([3., 2.])
+    """
+    return logits.amax(1)
+
+
+class _PerPrompt(MeanMetric):
+    """Mean over prompts of ``function(logits (B, N), index (B,), **options) -> (B,)``.
+
+    >>> m = LogitMargin(); m.update(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0])); m.compute()
+    tensor(1.)
     """
 
-    def __init__(self, alpha: float, noise_token: int, **kwargs):
-        super().__init__(**kwargs)
-        self.alpha, self.noise_token = alpha, noise_token
+    function: Callable[..., Tensor]
 
-    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        logp = torch.log_softmax(logits, -1)  # (B, N)
-        loss = -(1 - self.alpha) * logp.gather(1, index[:, None]).squeeze(1)
-        if self.alpha:  # at α = 0 the τ term is absent, even where p_τ = 0
-            loss = loss - self.alpha * logp[:, self.noise_token]
-        return loss
+    def __init__(self, options: dict | None = None, **kwargs):
+        super().__init__(nan_strategy="disable", **kwargs)
+        self.options = options or {}
+
+    def update(self, logits: Tensor, index: Tensor) -> None:
+        super().update(self.function(logits.detach().float(), index, **self.options))
+
+
+class MeanCrossEntropy(_PerPrompt):
+    """Mean ``cross_entropy``."""
+
+    function = staticmethod(cross_entropy)
+
+
+class ExpectedCrossEntropy(_PerPrompt):
+    """Mean ``expected_cross_entropy``: ``update`` takes ``y``, the batch's ``output``, not its drawn target."""
+
+    function = staticmethod(expected_cross_entropy)
+
+    def __init__(self, alpha: float, noise_token: int, **kwargs):
+        super().__init__(dict(alpha=alpha, noise_token=noise_token), **kwargs)
 
 
 class BayesGap(ExpectedCrossEntropy):
-    """Expected cross-entropy minus the task's Bayes risk ``H(α)`` (0 noiseless): ≥ 0 for every model.
+    """Mean ``bayes_gap``: the mean expected cross-entropy minus ``bayes_risk``.
 
     >>> m = BayesGap(alpha=0.0, noise_token=1, bayes_risk=0.0)
     >>> m.update(torch.zeros(1, 2), torch.tensor([1])); round(m.compute().item(), 4)
@@ -80,47 +140,24 @@ class BayesGap(ExpectedCrossEntropy):
 
 
 class MeanProbability(_PerPrompt):
-    """Mean predicted probability ``softmax(ξ)_k`` of a given token ``k`` per sample.
+    """Mean ``probability`` of a given token per prompt."""
 
-    >>> m = MeanProbability(); m.update(torch.tensor([[0.0, 0.0], [0.0, 100.0]]), torch.tensor([0, 1]))
-    >>> round(m.compute().item(), 4)
-    0.75
-    """
-
-    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        return torch.softmax(logits, -1).gather(1, index[:, None]).squeeze(1)
+    function = staticmethod(probability)
 
 
 class LogitMargin(_PerPrompt):
-    """Mean margin ``ξ_k − max_{j≠k} ξ_j`` of a given token ``k`` per sample (docs/science.md §R.6).
+    """Mean ``logit_margin`` of a given token per prompt."""
 
-    >>> m = LogitMargin(); m.update(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0])); m.compute()
-    tensor(1.)
-    """
-
-    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        own = logits.gather(1, index[:, None]).squeeze(1)
-        others = logits.scatter(1, index[:, None], float("-inf")).amax(1)
-        return own - others
+    function = staticmethod(logit_margin)
 
 
 class MeanLogit(_PerPrompt):
-    """Mean logit ``ξ_k`` of a given token ``k`` per sample (the margin figures' ``ξ_{A,y}``, ``ξ_{F,τ}``).
+    """Mean ``logit`` of a given token per prompt."""
 
-    >>> m = MeanLogit(); m.update(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 0])); m.compute()
-    tensor(1.5000)
-    """
-
-    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        return logits.gather(1, index[:, None]).squeeze(1)
+    function = staticmethod(logit)
 
 
 class MeanMaxLogit(_PerPrompt):
-    """Mean largest logit ``max_j ξ_j`` per sample, over all tokens ``j`` (``index`` is not used).
+    """Mean ``max_logit`` per prompt."""
 
-    >>> m = MeanMaxLogit(); m.update(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 0])); m.compute()
-    tensor(2.5000)
-    """
-
-    def per_sample(self, logits: Tensor, index: Tensor) -> Tensor:
-        return logits.amax(1)
+    function = staticmethod(max_logit)

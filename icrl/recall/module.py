@@ -5,20 +5,19 @@ from __future__ import annotations
 import warnings
 from functools import partial
 
-from lightning.pytorch import LightningModule
+import torch
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as nnf
 
-from icrl.cadence import is_logging_step
-from icrl.optim import NormalizedGD, check_optimizer
+from icrl.module import IcrlModule
+from icrl.optim import NormalizedGD
 from icrl.recall.attention import Attention
-from icrl.recall.metrics import MeanCrossEntropy
+from icrl.recall.metrics import (BayesGap, ExpectedCrossEntropy, LogitMargin, MeanCrossEntropy, MeanLogit,
+                                 MeanMaxLogit, MeanProbability)
 from icrl.recall.model import Feedforward, RecallOutput, RecallTransformer
 from icrl.recall.parameterization import Origin, ParameterizationCallable
 from icrl.recall.task import RecallTask
-
-STAGE_NAMES = {0: "loss", 1: "ood_loss"}  # validation/test dataloaders: in distribution, OOD
 
 
 def as_config(value):
@@ -38,7 +37,7 @@ def as_config(value):
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", **({"init_args": init_args} if init_args else {})}
 
 
-class RecallModule(LightningModule):
+class RecallModule(IcrlModule):
     """Trains a one-layer recall transformer by cross-entropy at the last position.
 
     Args:
@@ -55,15 +54,23 @@ class RecallModule(LightningModule):
         optimizer: a callable from parameters to an optimizer (YAML ``class_path``); defaults to
             ``NormalizedGD(lr=0.1)``, the paper's choice.
 
-    Logs ``train/loss`` on the steps the logger writes (``log_every_n_steps``) and, per validation, ``val/loss`` (in distribution) and
-    ``val/ood_loss`` (unseen outputs); add ``RecallEvaluation`` for Bayes gaps, probabilities and
-    margins.
+    Logs ``train/loss`` on the steps the logger writes (``log_every_n_steps``) and, per validation (and
+    ``test/`` per test), with ``y`` the prompt's output and τ the noise token:
+
+    - in distribution (dataloader 0): ``val/loss`` (cross-entropy of the drawn targets),
+      ``expected_loss`` (``−α log p_τ − (1−α) log p_y``, the exact expected cross-entropy over the label
+      noise), ``bayes_gap`` (it minus the Bayes risk ``H(α)``, ≥ 0 for every model), ``margin_attn``
+      (``ξ_{A,y} − max_{k≠y} ξ_{A,k}``), ``logit_attn_y`` and ``max_logit_attn`` (the means of ``ξ_{A,y}``
+      and ``max_j ξ_{A,j}``, the first version's margin figures) and, noisy task only, ``margin_ff``
+      (``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}``), ``logit_ff_tau`` and ``max_logit_ff``;
+    - on unseen outputs (dataloader 1): ``ood_loss``, ``ood_expected_loss``, ``ood_bayes_gap``,
+      ``p_output_ood`` (mean probability of ``y``, → 1−α) and, noisy task only, ``p_noise_ood`` (of τ, → α).
     """
 
     def __init__(self, task: dict | None = None, d_model: int = 128, attention: Attention | None = None,
                  parameterization: ParameterizationCallable = Origin, feedforward: Feedforward = "FA",
                  trainable_U: bool = False, optimizer: OptimizerCallable | None = None):
-        super().__init__()
+        super().__init__(optimizer, partial(NormalizedGD, lr=0.1))
         if task is None:
             raise ValueError("task is required: pass RecallDataModule(...).task (the icrl CLI links it from data)")
         with warnings.catch_warnings():  # an Attention instance, replaced by its class_path just below
@@ -74,31 +81,32 @@ class RecallModule(LightningModule):
                                 _instantiator="lightning.pytorch.cli.instantiate_module")
         self.task = RecallTask(**task)
         self.model = RecallTransformer(self.task, d_model, attention, parameterization, feedforward, trainable_U)
-        self.optimizer = check_optimizer(optimizer or partial(NormalizedGD, lr=0.1))
-        self.eval_loss = MeanCrossEntropy()
-        self.eval_ood_loss = MeanCrossEntropy()
+        noise = dict(alpha=self.task.alpha, noise_token=self.task.noise_token)
+        in_dist = dict(loss=MeanCrossEntropy(), expected_loss=ExpectedCrossEntropy(**noise),
+                       bayes_gap=BayesGap(**noise, bayes_risk=self.task.bayes_risk), margin_attn=LogitMargin(),
+                       logit_attn_y=MeanLogit(), max_logit_attn=MeanMaxLogit())
+        ood = dict(ood_loss=MeanCrossEntropy(), ood_expected_loss=ExpectedCrossEntropy(**noise),
+                   ood_bayes_gap=BayesGap(**noise, bayes_risk=self.task.bayes_risk), p_output_ood=MeanProbability())
+        if self.task.noisy:
+            in_dist.update(margin_ff=LogitMargin(), logit_ff_tau=MeanLogit(), max_logit_ff=MeanMaxLogit())
+            ood.update(p_noise_ood=MeanProbability())
+        self.eval_metrics = nn.ModuleList([nn.ModuleDict(in_dist), nn.ModuleDict(ood)])
 
     def forward(self, tokens: Tensor) -> RecallOutput:
         return self.model(tokens)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = nnf.cross_entropy(self(batch["tokens"]).logits, batch["target"])
-        if is_logging_step(self):
+        loss = nnf.cross_entropy(self.model(batch["tokens"], parts=False).logits, batch["target"])  # one product: ξ only
+        if self.is_logging_step():
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> dict:
-        out = self(batch["tokens"])
-        metric = self.eval_ood_loss if dataloader_idx == 1 else self.eval_loss
-        metric.update(out.logits, batch["target"])
-        self.log(f"{stage}/{STAGE_NAMES[dataloader_idx]}", metric, prog_bar=True, add_dataloader_idx=False)
-        return {"output": out}
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._eval_step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._eval_step("test", batch, dataloader_idx)
-
-    def configure_optimizers(self):
-        return self.optimizer(self.parameters())
+    def metric_inputs(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, tuple[Tensor, Tensor]]:
+        out, y = self(batch["tokens"]), batch["output"]  # logits (B, N) each, y (B,)
+        tau = torch.full_like(y, self.task.noise_token)
+        drawn, expected = (out.logits, batch["target"]), (out.logits, y)
+        attn, ff = (out.logits_attn, y), (out.logits_ff, tau)
+        return dict(loss=drawn, expected_loss=expected, bayes_gap=expected, margin_attn=attn, logit_attn_y=attn,
+                    max_logit_attn=attn, margin_ff=ff, logit_ff_tau=ff, max_logit_ff=ff, ood_loss=drawn,
+                    ood_expected_loss=expected, ood_bayes_gap=expected, p_output_ood=expected,
+                    p_noise_ood=(out.logits, tau))

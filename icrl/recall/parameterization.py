@@ -2,18 +2,14 @@
 
 With the fixed basis embeddings ``E(k) = e_k`` (token) and ``Ẽ(k) = e_{N+k}`` (previous token):
 
-- ``Origin``: ``W``, ``V``, ``F`` free, zero-initialised (paper code); ``init_std > 0`` draws them
-  from ``N(0, init_std²)`` instead.
+- ``Origin``: ``W``, ``V``, ``F`` free, zero-initialised (paper code), or ``N(0, init_std²)`` entries.
 - ``Reparam``: ``V = I``; noiseless ``W = Σ_{k∈Q} λ_k E(k)Ẽ(k)ᵀ`` (trainable λ ∈ R^{|Q|}), ``F = 0``;
   noisy ``W = Λ E(0)(Ẽ(0) − E(τ))ᵀ`` (trainable scalar Λ) and fixed ``F = E(τ)(γE(0) + Ẽ(0))ᵀ``
-  with ``γ = log(α/(1−α))`` (α̂, the empirical α, for finite samples).
-  ``value_scale=True`` is the later paper version's **value-scaled Reparam**: a scalar ``s > 0``
-  with ``V = s·I`` and, on the noisy task, ``F = E(τ)(γE(0) + s·Ẽ(0))ᵀ``; with softmax attention it
-  reaches the Bayes risk in and out of distribution, at every context length, as λ (Λ) and ``s``
-  grow. The scale is kept positive, ``s = e^σ`` with σ trainable from 0 (docs/science.md §R.4);
-  ``free_sign=True`` trains ``s`` itself, which at long contexts is driven below 0 and never
-  recovers (kept to reproduce that finding).
+  with ``γ = log(α/(1−α))`` (α̂, the empirical α, for finite samples). ``value_scale=True``: the later
+  version's value-scaled Reparam, ``V = s·I`` and ``F = E(τ)(γE(0) + s·Ẽ(0))ᵀ`` (see ``ReparamValue``).
 - ``ReparamW``: as ``Reparam`` but ``W`` is a full free matrix (zero init, or ``init_std``).
+
+``check_trainable`` refuses a parameterization and attention whose ``W`` would never leave its zero start.
 
 A model takes a parameterization as a callable ``(task, d_model, feedforward) -> Parameterization``
 (``ParameterizationCallable``): a class, or in YAML a ``class_path`` with ``init_args`` for the
@@ -30,27 +26,31 @@ remaining arguments, as for the optimizer. Add one by subclassing ``Parameteriza
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
 
+from icrl.recall.attention import Attention
 from icrl.recall.task import RecallTask
+
+Feedforward = Literal["none", "F", "FA"]
+FEEDFORWARD_KAPPA = {"none": None, "F": 0.0, "FA": 1.0}  # κ of ξ_F = U F (x_{T-1} + κ a); None: no ξ_F
 
 
 class Parameterization(nn.Module):
     """Base class: holds the trainable tensors and builds dense ``W``, ``V``, ``F`` (d×d) from them.
 
-    Defaults are ``V = I`` and ``F = 0`` fixed; subclasses override ``W``, ``V``, ``F``.
-    ``supports_noisy_without_ff`` says whether the noisy task can be expressed without a
-    feed-forward block (False where the noise association lives in a fixed ``F``).
+    Defaults are ``V = I`` and ``F = 0`` fixed; subclasses override ``W``, ``V``, ``F`` and may read
+    ``feedforward`` (``Origin`` has no ``F`` without a feed-forward block). ``supports_noisy_without_ff``:
+    False where the noisy task's association lives in a fixed ``F``, so needs a feed-forward block.
     """
 
     supports_noisy_without_ff = True
 
     def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA"):
         super().__init__()
-        self.task, self.d_model, self.feedforward = task, d_model, feedforward
+        self.task = task
         self.register_buffer("eye", torch.eye(d_model), persistent=False)
         self.register_buffer("zero", torch.zeros(d_model, d_model), persistent=False)
 
@@ -98,17 +98,16 @@ class Origin(Parameterization):
         return self.zero if self.F_ is None else self.F_
 
 
-class Reparam(Parameterization):
-    """Structured, provably Bayes-optimal ``W`` (λ per trigger, or Λ on the noisy task), ``V = I``.
+class ReparamValue(Parameterization):
+    """Reparam's ``V`` and ``F``, shared by ``Reparam`` and ``ReparamW``, which add their ``W``.
 
-    ``value_scale=True``: the value-scaled Reparam, ``V = s·I`` with a trainable scale ``s = e^σ``
-    (parameter ``log_s`` = σ) that also scales the previous-trigger coefficient of the noisy ``F``.
-    ``s`` starts at 1, where the model is the plain Reparam: at ``s = 0`` (``V = 0``) linear and
-    ReLU attention would get no gradient at all from the zero start. It must stay positive: at the
-    uniform attention of the start, raising ``s`` lifts each filler token's logit (~1/50 of the
-    context) more than the output's (1/T), so at long contexts ``s`` is first pushed down; below 0,
-    attending to the output lowers its logit and Λ runs negative too. ``free_sign=True`` (parameter
-    ``s``) trains the scale itself and shows that failure (docs/science.md §R.4).
+    ``value_scale=True``: ``V = s·I`` with a trainable scale ``s = e^σ`` (parameter ``log_s`` = σ) that
+    also scales the previous-trigger coefficient of the noisy ``F``; with softmax attention it reaches
+    the Bayes risk in and out of distribution, at every context length, as λ (Λ) and ``s`` grow.
+    ``s`` starts at 1, the plain Reparam (at ``s = 0`` linear and ReLU attention get no gradient from the
+    zero start), and must stay positive: at long contexts the uniform start first pushes ``s`` down
+    (each filler's logit gains ~1/50, the output's 1/T), and below 0 attending to the output lowers its
+    logit. ``free_sign=True`` (parameter ``s``) trains ``s`` itself and shows that failure (§R.4).
     """
 
     supports_noisy_without_ff = False
@@ -118,37 +117,15 @@ class Reparam(Parameterization):
         super().__init__(task, d_model, feedforward)
         if free_sign and not value_scale:
             raise ValueError("free_sign=True is an option of the value scale: set value_scale=True too")
-        N, q, tau = task.vocab_size, 0, task.noise_token
         self.s = nn.Parameter(torch.ones(1)) if value_scale and free_sign else None  # V = s·I, s of either sign
         self.log_s = nn.Parameter(torch.zeros(1)) if value_scale and not free_sign else None  # V = e^σ·I, σ = log_s
-        self.init_W(task, d_model)
-        # F = E(τ)(γE(q) + s·Ẽ(q))ᵀ on the noisy task (s = 1 without value_scale), F = 0 noiseless
+        # F = F_gamma + s·F_prev: E(τ)(γE(q) + s·Ẽ(q))ᵀ on the noisy task (trigger q = 0), 0 noiseless
         F_gamma, F_prev = torch.zeros(d_model, d_model), torch.zeros(d_model, d_model)
         if task.noisy:
-            a = task.alpha_hat
-            F_gamma[tau, q], F_prev[tau, N + q] = math.log(a / (1 - a)), 1.0
+            tau, a = task.noise_token, task.alpha_hat
+            F_gamma[tau, 0], F_prev[tau, task.vocab_size] = math.log(a / (1 - a)), 1.0
         self.register_buffer("F_gamma", F_gamma, persistent=False)
         self.register_buffer("F_prev", F_prev, persistent=False)
-
-    def init_W(self, task: RecallTask, d_model: int) -> None:
-        """The trainable part of ``W``: λ (or Λ) and the fixed pattern it scales."""
-        N, q, tau = task.vocab_size, 0, task.noise_token
-        if task.noisy:
-            self.lam = nn.Parameter(torch.zeros(1))  # Λ
-            # W = Λ E(q)(Ẽ(q) − E(τ))ᵀ: row q, +1 at column N+q, −1 at column τ
-            W_unit = torch.zeros(d_model, d_model)
-            W_unit[q, N + q], W_unit[q, tau] = 1.0, -1.0
-            self.register_buffer("W_unit", W_unit, persistent=False)
-        else:
-            self.lam = nn.Parameter(torch.zeros(task.n_triggers))  # λ_k, k ∈ Q
-            k = torch.arange(task.n_triggers)
-            self.register_buffer("W_rows", k, persistent=False)
-            self.register_buffer("W_cols", N + k, persistent=False)
-
-    def W(self) -> Tensor:
-        if self.task.noisy:
-            return self.lam * self.W_unit
-        return self.zero.index_put((self.W_rows, self.W_cols), self.lam)
 
     def scale(self) -> Tensor | None:
         """The value scale ``s`` (shape (1,)), or ``None`` without ``value_scale``."""
@@ -163,16 +140,73 @@ class Reparam(Parameterization):
         return self.F_gamma + (self.F_prev if s is None else s * self.F_prev)
 
 
-class ReparamW(Reparam):
-    """As ``Reparam`` with a full free ``W``: zero init, or ``N(0, init_std²)`` entries."""
+class Reparam(ReparamValue):
+    """Structured, provably Bayes-optimal ``W``: λ per trigger, or Λ on the noisy task (parameter ``lam``)."""
+
+    def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", value_scale: bool = False,
+                 free_sign: bool = False):
+        super().__init__(task, d_model, feedforward, value_scale, free_sign)
+        N, tau = task.vocab_size, task.noise_token
+        if task.noisy:
+            self.lam = nn.Parameter(torch.zeros(1))  # Λ
+            W_unit = torch.zeros(d_model, d_model)  # E(q)(Ẽ(q) − E(τ))ᵀ, q = 0: row 0, +1 at column N, −1 at τ
+            W_unit[0, N], W_unit[0, tau] = 1.0, -1.0
+            self.register_buffer("W_unit", W_unit, persistent=False)
+        else:
+            self.lam = nn.Parameter(torch.zeros(task.n_triggers))  # λ_k, k ∈ Q
+            k = torch.arange(task.n_triggers)
+            self.register_buffer("W_rows", k, persistent=False)
+            self.register_buffer("W_cols", N + k, persistent=False)
+
+    def W(self) -> Tensor:
+        if self.task.noisy:
+            return self.lam * self.W_unit
+        return self.zero.index_put((self.W_rows, self.W_cols), self.lam)
+
+
+class ReparamW(ReparamValue):
+    """As ``Reparam`` with a full free ``W`` (parameter ``W_``): zero init, or ``N(0, init_std²)`` entries."""
 
     def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", value_scale: bool = False,
                  free_sign: bool = False, init_std: float = 0.0):
-        self.init_std = init_std  # read by init_W, which Reparam.__init__ calls
         super().__init__(task, d_model, feedforward, value_scale, free_sign)
-
-    def init_W(self, task: RecallTask, d_model: int) -> None:
-        self.W_ = free_matrix(d_model, self.init_std)
+        self.W_ = free_matrix(d_model, init_std)
 
     def W(self) -> Tensor:
         return self.W_
+
+
+def check_trainable(param: Parameterization, attention: Attention, feedforward: str) -> None:
+    """Refuse a model whose ``W`` (and ``V``) provably never leave their initial zeros.
+
+    At ``W = 0`` every score is 0, so a = Σ_h σ(0) x_h, and W's gradient is
+    Σ_h ∂L/∂s_h x_{T-1} x_hᵀ with ∂L/∂s = J_σ(0)ᵀ X (Vᵀ + κFᵀ) Uᵀ ∂L/∂ξ. It is exactly 0 at every step if
+
+    - ``σ'(0) = 0`` (e.g. ``torch.relu``): the scores never move, attention never forms; or
+    - ``σ(0) = 0`` (linear, ReLU) and ``V = 0`` with no ``F`` on the attention path (κ = 0 or no
+      feed-forward): a = 0 gives V no gradient (∂L/∂V = Uᵀ ∂L/∂ξ aᵀ), and Vᵀ + κFᵀ = 0 gives W none.
+
+    Zero-initialised Origin with linear or ReLU attention and feed-forward ``none`` or ``F`` is the
+    second case. Both are sufficient conditions, checked on the initial ``W``, ``V`` and ``σ`` of any
+    parameterization and attention; softmax (σ(0) = 1/T), ``V = I`` (Reparam) and FA (F moves on the
+    first step, then carries the gradient to W) all train.
+    """
+    W, V = param.W().detach(), param.V().detach()
+    if W.any():
+        return
+    s = torch.zeros(1, 2, requires_grad=True)
+    with torch.enable_grad():
+        weights = attention(s)  # (1, 2) σ(0)
+        slope = torch.autograd.grad(weights[0, 0], s, allow_unused=True)[0] if weights.requires_grad else None
+    where = f"{type(param).__name__} with {type(attention).__name__} and feedforward {feedforward!r}"
+    if slope is None or not slope.any():  # ∂σ_0/∂s at 0
+        raise ValueError(
+            f"{where} cannot train: W starts at 0, where every score is 0, and this attention's derivative at 0 is 0, "
+            f"so W never gets a gradient and attention never forms. Use an attention with a non-zero slope at 0 "
+            f"(icrl.recall.ReLUAttention takes the right derivative) or a random start (init_std > 0)")
+    if not weights.detach().any() and not V.any() and not FEEDFORWARD_KAPPA[feedforward]:
+        raise ValueError(
+            f"{where} cannot train from its zero initialisation: with W = 0 and σ(0) = 0 the attention output a is 0, "
+            f"so V gets no gradient, and with V = 0 and no F on the attention path W gets none either: W and V stay 0 "
+            f"for ever. Start from random matrices (e.g. --model.parameterization.init_std 0.01), or use "
+            f"feedforward 'FA' or softmax attention")

@@ -6,13 +6,6 @@ from icrl.regression.module import OneLayerRegression, TemplateRegressionModule,
 from icrl.regression.references import best_reference, ridge_predict, ridge_reference
 
 __all__ = [
-    "TemplateRegressionDataModule",
-    "OneLayerMultiHead",
-    "TransformerBaseline",
-    "TemplateRegressionModule",
-    "OneLayerRegression",
-    "TransformerRegression",
-    "ridge_predict",
-    "ridge_reference",
-    "best_reference",
+    "TemplateRegressionDataModule", "OneLayerMultiHead", "TransformerBaseline", "TemplateRegressionModule",
+    "OneLayerRegression", "TransformerRegression", "ridge_predict", "ridge_reference", "best_reference",
 ]

@@ -23,10 +23,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from icrl.streams import (BatchStream, FixedBatches, StreamDataModule, StreamLoader, check_seeds, check_shares,
-                          generator, rank_and_world)
+from icrl.streams import BatchStream, StreamDataModule, StreamLoader, generator, rank_and_world
 
 # Stream ids: independent random streams derived from one seed.
 TABLE, TRAIN, POOL, VAL, TEST = range(5)
@@ -131,34 +129,19 @@ class TemplateRegressionDataModule(StreamDataModule):
         num_workers: DataLoader workers of the training stream (the stream does not depend on it).
     """
 
-    def __init__(
-        self,
-        n_tokens: int = 200,
-        n_labelled: int = 30,
-        token_dim: int = 100,
-        n_basis: int = 20,
-        noise_var: float = 0.01,
-        repr_std: float = 1.0,
-        targets: Literal["independent", "noiseless", "shared"] = "independent",
-        batch_size: int = 256,
-        n_train: int | None = None,
-        n_val: int = 200,
-        ood_mean: float = 1.0,
-        ood_var: float = 4.0,
-        seed: int = 0,
-        val_seed: int = 0,
-        num_workers: int = 0,
-    ):
-        super().__init__(num_workers)
-        sizes = dict(n_tokens=n_tokens, token_dim=token_dim, n_basis=n_basis, batch_size=batch_size, n_val=n_val)
-        for name, value in sizes.items():
+    def __init__(self, n_tokens: int = 200, n_labelled: int = 30, token_dim: int = 100, n_basis: int = 20,
+                 noise_var: float = 0.01, repr_std: float = 1.0,
+                 targets: Literal["independent", "noiseless", "shared"] = "independent", batch_size: int = 256,
+                 n_train: int | None = None, n_val: int = 200, ood_mean: float = 1.0, ood_var: float = 4.0,
+                 seed: int = 0, val_seed: int = 0, num_workers: int = 0):
+        # an example: labels y and targets (K,) float32 (v and f are tables shared by the batch)
+        super().__init__(batch_size, n_val, batch_size, seed, val_seed, num_workers, 8 * n_tokens)
+        for name, value in dict(n_tokens=n_tokens, token_dim=token_dim, n_basis=n_basis).items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {name}={value}")
         if not 1 <= n_labelled < n_tokens:
-            raise ValueError(
-                f"n_labelled must lie in [1, n_tokens - 1] = [1, {n_tokens - 1}] (the other tokens are the unseen examples), "
-                f"got n_labelled={n_labelled}"
-            )
+            raise ValueError(f"n_labelled must lie in [1, n_tokens - 1] = [1, {n_tokens - 1}] (the other tokens are "
+                             f"the unseen examples), got n_labelled={n_labelled}")
         for name, value in dict(noise_var=noise_var, ood_var=ood_var).items():
             if not 0 <= value < math.inf:
                 raise ValueError(f"{name} (a variance) must be finite and >= 0, got {name}={value}")
@@ -169,13 +152,10 @@ class TemplateRegressionDataModule(StreamDataModule):
         if not math.isfinite(ood_mean):
             raise ValueError(f"ood_mean must be finite, got ood_mean={ood_mean}")
         if noise_var == 0 and n_labelled < n_basis:
-            raise ValueError(
-                f"noise_var=0 needs n_labelled >= n_basis = {n_basis} (else the ridge system Z Zᵀ is singular), "
-                f"got n_labelled={n_labelled}"
-            )
+            raise ValueError(f"noise_var=0 needs n_labelled >= n_basis = {n_basis} (else the ridge system Z Zᵀ is "
+                             f"singular), got n_labelled={n_labelled}")
         if n_train is not None and n_train < batch_size:
             raise ValueError(f"n_train must be None (endless stream) or >= batch_size = {batch_size}, got n_train={n_train}")
-        check_seeds(seed=seed, val_seed=val_seed)
         self.save_hyperparameters()
         gen = generator(seed, TABLE)
         self.v = torch.randn(n_tokens, token_dim, generator=gen)  # (K, d)
@@ -185,9 +165,6 @@ class TemplateRegressionDataModule(StreamDataModule):
     def task(self) -> dict:
         """Sizes and noise level the model is built for (linked into its ``task`` argument)."""
         return {name: self.hparams[name] for name in ("n_tokens", "n_labelled", "token_dim", "n_basis", "noise_var")}
-
-    def setup(self, stage: str) -> None:
-        check_shares(self.hparams.n_val, rank_and_world(self.trainer)[1])
 
     def train_dataloader(self) -> StreamLoader:
         hp = self.hparams
@@ -201,25 +178,18 @@ class TemplateRegressionDataModule(StreamDataModule):
                               hp.targets, hp.n_labelled)
         return self.stream_loader(stream)
 
-    def _eval_loaders(self, stream: int) -> list[DataLoader]:
-        hp = self.hparams
-        rank, world = rank_and_world(self.trainer)
-        loaders = []
+    def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
+        """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``; ``"test"``:
+        the held-out sets of ``icrl test``, drawn alike from their own stream of ``val_seed``."""
+        hp, stream, sets = self.hparams, VAL if stage == "val" else TEST, []
         for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)]):
             y, target = sample_prompts(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, stream, i), mean, var,
                                        hp.targets, hp.n_labelled)  # (n_val, K) each
-            batches = FixedBatches({"y": y, "target": target}, hp.batch_size, rank, world,
-                                   shared={"v": self.v, "f": self.f})
-            loaders.append(DataLoader(batches, batch_size=None))
-        return loaders
+            sets.append({"y": y, "target": target})
+        return sets
 
-    def val_dataloader(self) -> list[DataLoader]:
-        """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``."""
-        return self._eval_loaders(VAL)
-
-    def test_dataloader(self) -> list[DataLoader]:
-        """Held-out sets for ``icrl test``, as the validation sets but from their own stream of ``val_seed``."""
-        return self._eval_loaders(TEST)
+    def eval_tables(self) -> dict[str, Tensor]:
+        return {"v": self.v, "f": self.f}
 
     def state_dict(self) -> dict:
         # v and f travel with the checkpoint, so a resumed or tested model sees the same representations

@@ -61,16 +61,8 @@ class TransformerBaseline(nn.Module):
     torch.Size([2, 5])
     """
 
-    def __init__(
-        self,
-        n_labelled: int,
-        token_dim: int,
-        n_layers: int = 4,
-        d_model: int = 256,
-        d_ff: int = 512,
-        n_heads: int = 8,
-        dropout: float = 0.0,
-    ):
+    def __init__(self, n_labelled: int, token_dim: int, n_layers: int = 4, d_model: int = 256, d_ff: int = 512,
+                 n_heads: int = 8, dropout: float = 0.0):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got n_layers={n_layers}")

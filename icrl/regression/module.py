@@ -30,24 +30,22 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 
-from icrl.cadence import is_logging_step
-from icrl.optim import check_optimizer
+from icrl.module import IcrlModule
 from icrl.regression.models import OneLayerMultiHead, TransformerBaseline
 from icrl.regression.references import best_reference, ridge_reference
 
 SET_PREFIXES = ("", "unseen_task_")  # dataloader_idx 0, 1: in-distribution prompts, unseen tasks
-VAL_METRICS = (
+METRICS = (
     "loss", "unseen_example_loss", "ridge_loss", "unseen_example_ridge_loss", "best_loss", "ridge_gap",
     "labelled_ridge_gap", "unseen_example_ridge_gap", "best_gap", "ridge_best_gap",
 )
 
 
-class TemplateRegressionModule(LightningModule):
+class TemplateRegressionModule(IcrlModule):
     """Trains ``self.net`` (built by a subclass) on template-regression prompts.
 
     Args:
@@ -69,7 +67,7 @@ class TemplateRegressionModule(LightningModule):
 
     def __init__(self, task: dict | None = None, gamma: float = 1.0, optimizer: OptimizerCallable | None = None,
                  lr_drop_step: int | None = None, lr_drop_factor: float = 0.1):
-        super().__init__()
+        super().__init__(optimizer, partial(torch.optim.Adam, lr=1e-4))
         if task is None:
             raise ValueError("task is None: pass the data module's task, e.g. TemplateRegressionDataModule(...).task")
         if not 0 < gamma < float("inf"):
@@ -79,8 +77,8 @@ class TemplateRegressionModule(LightningModule):
         if not 0 < lr_drop_factor <= 1:
             raise ValueError(f"lr_drop_factor must lie in (0, 1], got lr_drop_factor={lr_drop_factor}")
         self.save_hyperparameters(ignore=["optimizer"])
-        self.optimizer = check_optimizer(optimizer or partial(torch.optim.Adam, lr=1e-4))  # a bad lr fails here, not at step 0
-        self.val_metrics = nn.ModuleList(nn.ModuleDict({name: MeanSquaredError() for name in VAL_METRICS}) for _ in SET_PREFIXES)
+        self.eval_metrics = nn.ModuleList(nn.ModuleDict({prefix + name: MeanSquaredError() for name in METRICS})
+                                          for prefix in SET_PREFIXES)
 
     def forward(self, v: Tensor, y_prompt: Tensor) -> Tensor:
         """Predictions ``(B, K)`` for all tokens from the tokens ``v`` and the prompt labels ``(B, N)``."""
@@ -89,38 +87,23 @@ class TemplateRegressionModule(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         y_prompt, target = batch["y"][:, : self.hparams.task["n_labelled"]], batch["target"]  # (B, N), (B, K)
         loss = F.mse_loss(self(batch["v"], y_prompt), target)
-        if is_logging_step(self):
+        if self.is_logging_step():
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/excess_loss", loss.detach() - least_squares_loss(y_prompt, target))
         return loss
 
-    def _eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
+    def metric_inputs(self, batch: dict, dataloader_idx: int) -> dict[str, tuple[Tensor, Tensor]]:
         n, tau = self.hparams.task["n_labelled"], self.hparams.task["noise_var"]
         f, y, t = batch["f"], batch["y"][:, :n], batch["target"]  # (K, m), (B, N) prompt labels, (B, K) targets
         y_hat = self(batch["v"], y)  # (B, K)
         ridge, best = ridge_reference(f, y, tau), best_reference(f, y, tau)  # (B, K) each
-        pairs = dict(
-            loss=(y_hat, t),
-            unseen_example_loss=(y_hat[:, n:], t[:, n:]),
-            ridge_loss=(ridge, t),
-            unseen_example_ridge_loss=(ridge[:, n:], t[:, n:]),
-            best_loss=(best, t),
-            ridge_gap=(y_hat, ridge),
-            labelled_ridge_gap=(y_hat[:, :n], ridge[:, :n]),
-            unseen_example_ridge_gap=(y_hat[:, n:], ridge[:, n:]),
-            best_gap=(y_hat, best),
-            ridge_best_gap=(ridge, best),
-        )
-        metrics, prefix = self.val_metrics[dataloader_idx], f"{stage}/{SET_PREFIXES[dataloader_idx]}"
-        for name, (pred, target) in pairs.items():
-            metrics[name].update(pred.flatten(), target.flatten())  # MSE views its inputs flat; token slices are strided
-        self.log_dict({prefix + name: metrics[name] for name in VAL_METRICS}, add_dataloader_idx=False)
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
+        pairs = dict(loss=(y_hat, t), unseen_example_loss=(y_hat[:, n:], t[:, n:]), ridge_loss=(ridge, t),
+                     unseen_example_ridge_loss=(ridge[:, n:], t[:, n:]), best_loss=(best, t), ridge_gap=(y_hat, ridge),
+                     labelled_ridge_gap=(y_hat[:, :n], ridge[:, :n]),
+                     unseen_example_ridge_gap=(y_hat[:, n:], ridge[:, n:]), best_gap=(y_hat, best),
+                     ridge_best_gap=(ridge, best))
+        # MSE views its inputs flat; token slices are strided
+        return {SET_PREFIXES[dataloader_idx] + name: (a.flatten(), b.flatten()) for name, (a, b) in pairs.items()}
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         readout = list(self.net.readout_parameters())
@@ -151,16 +134,9 @@ def least_squares_loss(y_prompt: Tensor, target: Tensor) -> Tensor:
 class OneLayerRegression(TemplateRegressionModule):
     """The paper's one-layer multi-head softmax model (docs/science.md §T.2), ``heads`` ``H`` and init std ``beta``."""
 
-    def __init__(
-        self,
-        task: dict | None = None,
-        heads: int = 64,
-        beta: float = 0.01,
-        gamma: float = 1.0,
-        optimizer: OptimizerCallable | None = None,
-        lr_drop_step: int | None = None,
-        lr_drop_factor: float = 0.1,
-    ):
+    def __init__(self, task: dict | None = None, heads: int = 64, beta: float = 0.01, gamma: float = 1.0,
+                 optimizer: OptimizerCallable | None = None, lr_drop_step: int | None = None,
+                 lr_drop_factor: float = 0.1):
         super().__init__(task, gamma, optimizer, lr_drop_step, lr_drop_factor)
         self.net = OneLayerMultiHead(task["n_tokens"], task["n_labelled"], task["token_dim"], heads, beta)
 
@@ -168,18 +144,8 @@ class OneLayerRegression(TemplateRegressionModule):
 class TransformerRegression(TemplateRegressionModule):
     """The standard-transformer baseline of docs/science.md §T.4 (4 layers, ``d_model`` 256, ``d_ff`` 512, 8 heads)."""
 
-    def __init__(
-        self,
-        task: dict | None = None,
-        n_layers: int = 4,
-        d_model: int = 256,
-        d_ff: int = 512,
-        n_heads: int = 8,
-        dropout: float = 0.0,
-        gamma: float = 1.0,
-        optimizer: OptimizerCallable | None = None,
-        lr_drop_step: int | None = None,
-        lr_drop_factor: float = 0.1,
-    ):
+    def __init__(self, task: dict | None = None, n_layers: int = 4, d_model: int = 256, d_ff: int = 512,
+                 n_heads: int = 8, dropout: float = 0.0, gamma: float = 1.0, optimizer: OptimizerCallable | None = None,
+                 lr_drop_step: int | None = None, lr_drop_factor: float = 0.1):
         super().__init__(task, gamma, optimizer, lr_drop_step, lr_drop_factor)
         self.net = TransformerBaseline(task["n_labelled"], task["token_dim"], n_layers, d_model, d_ff, n_heads, dropout)

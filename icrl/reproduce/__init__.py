@@ -5,9 +5,9 @@
     icrl-reproduce all --quick --out results/
     icrl-reproduce recall-fig1 --out results/ --backend ray [--address HEAD:6379]
 
-Each experiment (``icrl.reproduce.recall``, ``icrl.reproduce.regression``) trains its configs
-through ``icrl fit``, once per seed, as one sweep (``icrl.sweep``: the same backends, content-keyed
-reuse and resume as ``icrl sweep``), then writes ``results.md`` (end values next to the papers'
+Each experiment (``icrl.reproduce.recall``, ``icrl.reproduce.regression``) trains its points
+through ``icrl fit``, once per seed, as one sweep (``icrl.reproduce.plan``, ``icrl.sweep``: the same
+backends, content-keyed reuse and resume as ``icrl sweep``), then writes ``results.md`` (end values next to the papers'
 values, and which claims hold), a PNG per figure (``figures/``) and the sweep's ``summary.md`` /
 ``summary.csv`` into ``--out``. The runs' logs stay under ``--out/runs/`` (or ``--runs-dir``).
 """
@@ -21,89 +21,69 @@ import sys
 import time
 from pathlib import Path
 
-from icrl.reproduce.experiments import Experiment, Run, experiments
-from icrl.reproduce.results import RunSeeds
-from icrl.sweep import add_execution_arguments, check_execution_arguments
+from icrl.reproduce import plots, results
+from icrl.reproduce.experiments import Experiment, label
+from icrl.reproduce.plan import configs_dir, parse_fit_args, plan
+from icrl.reproduce.recall import RECALL_EXPERIMENTS
+from icrl.reproduce.regression import REGRESSION_EXPERIMENTS
+from icrl.sweep import add_execution_arguments, check_execution_arguments, run_sweep, summary
 
 __all__ = ["main", "reproduce", "experiments"]
 
 
-def reproduce(names: list[str], out: Path, quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), jobs: int = 1,
-              steps: int | None = None, reuse: bool = False, images: bool = False, configs: Path | None = None,
-              progress: bool = True, command: str = "", threads: int = 1, fit_args: tuple[str, ...] = (),
-              runs_dir: Path | None = None, backend: str = "local",
-              address: str | None = None) -> tuple[Path, list[str]]:
-    """Run the experiments ``names``, write their figures, ``results.md`` and the sweep's summary into
-    ``out``; return the path of ``results.md`` and the folders of the runs that failed.
+def experiments() -> dict[str, Experiment]:
+    """Every experiment, by name, in the order ``--list`` shows them."""
+    return {e.name: e for e in (make() for make in (*RECALL_EXPERIMENTS, *REGRESSION_EXPERIMENTS))}
 
-    ``fit_args``: extra ``icrl fit`` arguments, ``"ARGS"`` for every run or ``"GLOB:ARGS"`` for the
-    runs whose config matches ``GLOB`` (e.g. ``"regression/fig2-4layer*:--data.batch_size 32"``).
-    ``backend``, ``address``, ``jobs``, ``threads``, ``reuse``: as ``icrl.sweep.run_sweep``'s.
+
+def reproduce(names: list[str], args: argparse.Namespace, command: str) -> tuple[Path, list[str]]:
+    """Run the experiments ``names`` with ``icrl-reproduce``'s options ``args``; write their figures,
+    ``results.md`` and the sweep's summary into ``args.out``; return the path of ``results.md`` and
+    the folders of the runs that failed. ``ValueError`` for options that cannot run, before any run.
     """
-    from icrl.reproduce import plots, results
-    from icrl.reproduce.run import configs_dir, plan
-    from icrl.sweep import run_sweep, summary
-
-    registry = experiments()
+    registry, out, seeds = experiments(), args.out, list(args.seeds)
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {list(registry)} (icrl-reproduce --list)")
     exps = [registry[n] for n in names]
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds must be distinct, got {list(seeds)}")
-    if not (configs or configs_dir()).is_dir():  # the default is found only in an editable install
-        raise ValueError(f"no configs directory at {configs or configs_dir()}: pass --configs DIR, the repository's "
-                         "configs/ (found without it when icrl is installed with pip install -e .)")
-    scoped = [parse_fit_args(a) for a in fit_args]
-    run_configs = sorted({run.config for exp in exps for run in exp.runs})
+        raise ValueError(f"--seeds must be distinct, got {seeds}")
+    if not (args.configs or configs_dir()).is_dir():  # the default is found only in an editable install
+        raise ValueError(f"no configs directory at {args.configs or configs_dir()}: pass --configs DIR, the "
+                         "repository's configs/ (found without it when icrl is installed with pip install -e .)")
+    scoped = [parse_fit_args(a) for a in args.fit_args]
+    used = sorted({p.config for exp in exps for p in exp.points})
     for pattern, _ in scoped:  # a pattern that matches nothing would silently run the configs at full size
-        if not any(fnmatch.fnmatch(config, pattern) for config in run_configs):
-            raise ValueError(f"--fit-args pattern {pattern!r} matches none of the configs of these experiments: "
-                             f"{run_configs}")
+        if not fnmatch.filter(used, pattern):
+            raise ValueError(f"--fit-args pattern {pattern!r} matches none of the configs of these experiments: {used}")
     start = time.perf_counter()
-    if images:
+    if args.images:
         scoped.append(("recall/*", ["--trainer.callbacks+=icrl.recall.images.RecallImages"]))
-    points_of = plan(exps, quick, steps, configs, scoped)
+    points_of = plan(exps, args.quick, args.steps, args.configs, scoped)
     points = list(dict.fromkeys(points_of.values()))
-    done = run_sweep(points, list(seeds), runs_dir or out / "runs", backend, jobs, threads, reuse, address, progress)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
+    done = run_sweep(points, seeds, args.runs_dir or out / "runs", args.backend, args.jobs, args.threads, args.reuse,
+                     args.address, args.progress)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     sections = []
     for exp in exps:
-        data: dict[Run, RunSeeds] = {run: {s: done[points_of[exp.name, run.label], s] for s in seeds}
-                                     for run in exp.runs}
+        data = {p: {s: done[points_of[exp.name, label(p)], s] for s in seeds} for p in exp.points}
         pngs = plots.draw_experiment(exp, data, out / "figures")
-        sections.append(results.section(exp, data, [p.relative_to(out) for p in pngs], quick, list(seeds)))
+        sections.append(results.section(exp, data, [p.relative_to(out) for p in pngs], args.quick, seeds))
     summary.write(out, points, {p: {s: done[p, s] for s in seeds} for p in points})
-    mode = "quick (reduced sizes, see each experiment)" if quick else "full (the configs as they are)"
-    if fit_args or steps:
+    mode = "quick (reduced sizes, see each experiment)" if args.quick else "full (the configs as they are)"
+    if args.fit_args or args.steps:
         mode += ", with the command's overrides"
     unique = {r["key"]: r for r in done.values()}
     reused = sum(bool(r.get("reused")) for r in unique.values())
     timing = f"this invocation took {time.perf_counter() - start:.0f} s, {len(unique)} runs"
     timing += f" ({reused} reused from earlier invocations)" if reused else ""
-    path = results.write(out, sections, command or "icrl-reproduce " + " ".join(names), list(seeds), mode, timing)
-    failed = sorted({r["dir"] for r in unique.values() if r["exit_code"] != 0})
-    return path, failed
-
-
-def parse_fit_args(text: str) -> tuple[str, list[str]]:
-    """``"GLOB:ARGS"`` or ``"ARGS"`` into ``(GLOB or "*", the arguments split as a shell would)``.
-
-    >>> parse_fit_args("regression/fig2-4layer*:--data.batch_size 32")
-    ('regression/fig2-4layer*', ['--data.batch_size', '32'])
-    >>> parse_fit_args("--trainer.max_steps 10")
-    ('*', ['--trainer.max_steps', '10'])
-    """
-    head, sep, rest = text.partition(":")
-    if sep and not head.lstrip().startswith("-"):
-        return head.strip(), shlex.split(rest)
-    return "*", shlex.split(text)
+    path = results.write(out, sections, command, seeds, mode, timing)
+    return path, sorted({r["dir"] for r in unique.values() if r["exit_code"] != 0})
 
 
 def describe(registry: dict[str, Experiment]) -> str:
     width = max(map(len, registry))
-    return "\n".join(f"{name:<{width}}  {exp.description}  [{len(exp.runs)} runs × seeds; {exp.paper}]"
+    return "\n".join(f"{name:<{width}}  {exp.description}  [{len(exp.points)} runs × seeds; {exp.paper}]"
                      for name, exp in registry.items())
 
 
@@ -147,10 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
     try:
-        path, failed = reproduce(
-            names, args.out, args.quick, tuple(args.seeds), args.jobs, args.steps, args.reuse, args.images,
-            args.configs, args.progress, command=shlex.join(["icrl-reproduce", *argv]), threads=args.threads,
-            fit_args=tuple(args.fit_args), runs_dir=args.runs_dir, backend=args.backend, address=args.address)
+        path, failed = reproduce(names, args, shlex.join(["icrl-reproduce", *argv]))
     except ValueError as err:
         p.error(str(err))
     figures = path.parent / "figures"

@@ -1,10 +1,11 @@
-"""The registry of ``icrl-reproduce``: each paper figure as runs (config + CLI overrides), figures and claims.
+"""The experiments of ``icrl-reproduce``: each paper figure as sweep points, figures and claims.
 
-An ``Experiment`` is plain data: the ``Run``s to train (a YAML under ``configs/`` and the
-``icrl fit`` overrides that make the figure's variant), the ``Figure``s to draw from their logged
-scalars, the end values to tabulate and the ``Check``s: the papers' claims (Bayes risk, docs/science.md §R.6's
-closed forms, ridge gaps) as a reference value and a tolerance. ``--quick`` appends the
-experiment's ``quick`` overrides to every run. The experiments themselves are defined in
+An ``Experiment`` is plain data: the points to train (``icrl.sweep.grid.Point``s made by ``point``:
+a YAML under ``configs/``, the ``icrl fit`` overrides that make the figure's variant, the name of
+its line and its coordinates), the ``Figure``s to draw from their logged scalars, the end values to
+tabulate and the ``Check``s: the papers' claims (Bayes risk, docs/science.md §R.6's closed forms,
+ridge gaps) as a reference value and a tolerance. ``--quick`` appends the experiment's ``quick``
+overrides to the points whose name matches their glob. The experiments themselves are defined in
 ``icrl.reproduce.recall`` and ``icrl.reproduce.regression``; add one there and to their tuple.
 """
 
@@ -14,33 +15,36 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from icrl.sweep.grid import Point, point_name, safe
+from icrl.sweep.tables import SLOPE_WINDOW
+
 LOSS_FLOOR = 1e-7  # zero (or negative) losses and gaps are drawn at this value on log axes
-SLOPE_WINDOW = (1e-5, 0.1)  # at="log_slope": a gap's asymptotic regime, above float32's resolution of the losses
+PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H", "context_length": "T", "n_samples": "n"}
 
 
-@dataclass(frozen=True)
-class Run:
-    """One ``icrl fit`` of an experiment (trained once per seed).
+def point(model: str, config: str, overrides: tuple[str, ...] = (), params: dict | None = None) -> Point:
+    """One ``icrl fit`` of an experiment (trained once per seed), named ``<config>/<its overrides>``.
 
     ``model`` names the line in plots and tables; ``params`` are the figure's coordinates (α, η,
-    N, heads, …) used to select runs, label them and place them on sweep axes.
+    N, heads, …) used to select points, label them and place them on sweep axes.
+
+    >>> p = point("Reparam-Linear-FA", "recall/fig1/reparam-linear-fa.yaml", ("--data.alpha", "0.5"), {"alpha": 0.5})
+    >>> p.name, label(p), matches(p, {"alpha": 0.5})
+    ('recall-fig1-reparam-linear-fa/alpha=0.5', 'Reparam-Linear-FA (α=0.5)', True)
     """
-
-    model: str
-    config: str  # relative to the configs directory
-    overrides: tuple[str, ...] = ()
-    params: dict = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def label(self) -> str:
-        extra = ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in self.params.items())
-        return f"{self.model} ({extra})" if extra else self.model
-
-    def matches(self, where: dict) -> bool:
-        return all((self.model if k == "model" else self.params.get(k)) == v for k, v in where.items())
+    own = {k.removeprefix("--"): v for k, v in zip(overrides[::2], overrides[1::2])}
+    name = safe(config.removesuffix(".yaml").replace("/", "-")) + (f"/{point_name(own)}" if own else "")
+    return Point(name, config, tuple(overrides), own, model, params or {})
 
 
-PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H", "context_length": "T", "n_samples": "n"}
+def label(p: Point) -> str:
+    """The point's row in tables: its model and parameters."""
+    extra = ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in p.params.items())
+    return f"{p.model} ({extra})" if extra else p.model
+
+
+def matches(p: Point, where: dict) -> bool:
+    return all((p.model if k == "model" else p.params.get(k)) == v for k, v in where.items())
 
 
 def reading_text(read) -> str:
@@ -53,8 +57,8 @@ def reading_text(read) -> str:
 
 @dataclass(frozen=True)
 class Ref:
-    """A reference read from the runs: ``scale`` × the end value of ``metric`` (mean over seeds) of the
-    run selected by ``where`` (``None``: the checked run itself); ``at`` as in ``Check``."""
+    """A reference read from the points: ``scale`` × the end value of ``metric`` (mean over seeds) of the
+    point selected by ``where`` (``None``: the checked point itself); ``at`` as in ``Check``."""
 
     metric: str
     where: dict | None = None
@@ -71,15 +75,16 @@ class Ref:
 
 @dataclass(frozen=True)
 class Check:
-    """A claim of the paper on one run's end value (mean over seeds) against a reference.
+    """A claim of the paper on one point's end value (mean over seeds) against a reference.
 
-    ``reference`` is a number (theory) or a ``Ref`` (a measured value: the ridge loss, another run).
+    ``where`` selects the point (``matches``); ``reference`` is a number (theory) or a ``Ref`` (a
+    measured value: the ridge loss, another point).
     ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the value
-    of the run's curve that is checked, ``"end"`` (last logged), ``"first"``, ``"max"`` (largest) or
+    of the point's curve that is checked, ``"end"`` (last logged), ``"first"``, ``"max"`` (largest) or
     ``"log_slope"`` (the slope of its logarithm against step where it lies in ``window``: a linear rate).
     """
 
-    run: dict  # selects the run (``Run.matches``)
+    where: dict
     metric: str
     reference: float | Ref
     claim: str  # the paper's statement, shown next to the reference
@@ -109,22 +114,22 @@ class Check:
 
 @dataclass(frozen=True)
 class Curves:
-    """A panel: ``metric`` against training step, one line per selected run (mean, min–max over seeds).
+    """A panel: ``metric`` against training step, one line per selected point (mean, min–max over seeds).
 
-    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric (``where`` then selects one run).
+    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric (``where`` then selects one point).
     """
 
     metric: str | tuple[tuple[str, str], ...]
     title: str
     ylabel: str
     where: dict = field(default_factory=dict)
-    legend: tuple[str, ...] = ("model",)  # run attributes that name a line
+    legend: tuple[str, ...] = ("model",)  # point attributes that name a line
     log: bool = True
     refs: tuple[tuple[float, str], ...] = ()  # horizontal lines: (value, label)
     ref_metrics: tuple[tuple[str, str], ...] = ()  # horizontal lines at a metric's mean end value: (metric, label)
-    x: str = "step"  # or "time": wall-clock seconds since the run's logger started; or "epoch" (below)
+    x: str = "step"  # or "time": wall-clock seconds since the point's logger started; or "epoch" (below)
     epoch_steps: int = 0  # with x="epoch": steps per epoch; a value logged after step s is drawn at (s+1)/epoch_steps
-    theory: Callable[[float], float] | None = None  # a theory curve over x, drawn dashed beside the runs
+    theory: Callable[[float], float] | None = None  # a theory curve over x, drawn dashed beside the points
     theory_label: str = ""
 
     def __post_init__(self):
@@ -135,9 +140,9 @@ class Curves:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A panel: the end value of ``metric`` against the run parameter ``x``, one line per ``legend``.
+    """A panel: the end value of ``metric`` against the point parameter ``x``, one line per ``legend``.
 
-    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric, over all selected runs.
+    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric, over all selected points.
     """
 
     metric: str | tuple[tuple[str, str], ...]
@@ -165,21 +170,11 @@ class Experiment:
     name: str
     description: str
     paper: str
-    runs: tuple[Run, ...]
+    points: tuple[Point, ...]
     figures: tuple[Figure, ...]
     columns: tuple[tuple[str, str], ...]  # end-value table: (metric, header)
     checks: tuple[Check, ...] = ()
-    quick: tuple[str, ...] = ()  # overrides appended to every run by --quick
+    quick: dict[str, tuple[str, ...]] = field(default_factory=dict)  # --quick: {glob over point names: overrides}
     quick_note: str = ""
-    references: tuple[tuple[str, Callable[[Run], float]], ...] = ()  # theory columns: (header, value of a run)
-    run_quick: dict[str, tuple[str, ...]] = field(default_factory=dict)  # --quick overrides of one model's runs
+    references: tuple[tuple[str, Callable[[Point], float]], ...] = ()  # theory columns: (header, value of a point)
     note: str = ""  # how to read the figures and checks, shown under the experiment's title
-
-
-def experiments() -> dict[str, Experiment]:
-    """Every experiment, by name, in the order ``--list`` shows them."""
-    from icrl.reproduce.recall import RECALL_EXPERIMENTS
-    from icrl.reproduce.regression import REGRESSION_EXPERIMENTS
-
-    found = [make() for make in (*RECALL_EXPERIMENTS, *REGRESSION_EXPERIMENTS)]
-    return {e.name: e for e in found}

@@ -14,16 +14,18 @@ import numpy as np
 from matplotlib import figure as mpl_figure
 from matplotlib import ticker
 
-from icrl.reproduce.experiments import LOSS_FLOOR, PARAM_NAMES, Curves, Experiment, Figure, Run, Sweep
-from icrl.reproduce.results import RunSeeds, end_values, mean_end
+from icrl.reproduce.experiments import LOSS_FLOOR, PARAM_NAMES, Curves, Experiment, Figure, Sweep, matches
+from icrl.reproduce.results import Seeds, mean_end
+from icrl.sweep.grid import Point
+from icrl.sweep.tables import end_values, nan_mean
 
 
-def line_name(run: Run, legend: tuple[str, ...]) -> str:
-    parts = [run.model if key == "model" else f"{PARAM_NAMES.get(key, key)} = {run.params.get(key)}" for key in legend]
-    return ", ".join(parts)
+def line_name(p: Point, legend: tuple[str, ...]) -> str:
+    return ", ".join(p.model if key == "model" else f"{PARAM_NAMES.get(key, key)} = {p.params.get(key)}"
+                     for key in legend)
 
 
-def seed_curves(seeds: RunSeeds, metric: str, x: str = "step") -> tuple[np.ndarray, np.ndarray] | None:
+def seed_curves(seeds: Seeds, metric: str, x: str = "step") -> tuple[np.ndarray, np.ndarray] | None:
     """x values and a (seeds, points) array of ``metric``: on the steps every seed logged, or for
     ``x="time"`` interpolated onto 100 times within the span every seed covers."""
     curves = [r["scalars"][metric] for r in seeds.values() if metric in r["scalars"]]
@@ -55,12 +57,12 @@ def _theory(ax, panel: Curves | Sweep, xs: list[float], logx: bool = False) -> N
             zorder=4)
 
 
-def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]) -> bool:
+def _curves(ax, panel: Curves, data: dict[Point, Seeds], colors: dict[str, str]) -> bool:
     clipped, xs = False, []
     metrics = panel.metric if isinstance(panel.metric, tuple) else ((panel.metric, None),)
-    for run, seeds in data.items():
+    for point, seeds in data.items():
         for (metric, label), style in zip(metrics, ["-", "--", ":"] * 3):  # a metric drawn over another stays visible
-            if not run.matches(panel.where) or (found := seed_curves(seeds, metric, panel.x)) is None:
+            if not matches(point, panel.where) or (found := seed_curves(seeds, metric, panel.x)) is None:
                 continue
             steps, values = found
             if panel.x == "epoch":
@@ -68,7 +70,7 @@ def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]
             values, c = _floor(values, panel.log)
             clipped |= c
             xs += [steps[0], steps[-1]]
-            name = label or line_name(run, panel.legend)
+            name = label or line_name(point, panel.legend)
             color = colors.setdefault(name, f"C{len(colors) % 10}")
             ax.plot(steps, values.mean(0), color=color, ls=style, label=name, lw=1.6, zorder=3)
             if len(values) > 1:
@@ -76,9 +78,9 @@ def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]
     _theory(ax, panel, xs)
     refs = list(panel.refs)
     for metric, label in panel.ref_metrics:
-        ends = [mean_end(seeds, metric) for run, seeds in data.items() if run.matches(panel.where)]
-        if ends and not np.isnan(ends).all():
-            refs.append((float(np.nanmean(ends)), label))
+        ends = np.array([mean_end(seeds, metric) for point, seeds in data.items() if matches(point, panel.where)])
+        if not np.isnan(ends).all():
+            refs.append((nan_mean(ends), label))
     for (value, label), style in zip(refs, ["--", ":", "-."] * 3):
         ax.axhline(max(value, LOSS_FLOOR) if panel.log else value, color="0.35", ls=style, lw=1.2, label=label,
                    zorder=2)  # under the runs: a run at its reference stays visible
@@ -86,14 +88,14 @@ def _curves(ax, panel: Curves, data: dict[Run, RunSeeds], colors: dict[str, str]
     return clipped
 
 
-def _sweep(ax, panel: Sweep, data: dict[Run, RunSeeds], colors: dict[str, str]) -> bool:
+def _sweep(ax, panel: Sweep, data: dict[Point, Seeds], colors: dict[str, str]) -> bool:
     groups: dict[str, list[tuple[float, np.ndarray]]] = {}
     metrics = panel.metric if isinstance(panel.metric, tuple) else ((panel.metric, None),)
-    for run, seeds in data.items():
-        if run.matches(panel.where) and panel.x in run.params:
+    for point, seeds in data.items():
+        if matches(point, panel.where) and panel.x in point.params:
             for metric, label in metrics:
-                name = label or line_name(run, panel.legend)
-                groups.setdefault(name, []).append((run.params[panel.x], end_values(seeds, metric)))
+                name = label or line_name(point, panel.legend)
+                groups.setdefault(name, []).append((point.params[panel.x], end_values(seeds, metric)))
     clipped, xs = False, []
     for name, points in groups.items():
         points.sort(key=lambda p: p[0])
@@ -101,7 +103,7 @@ def _sweep(ax, panel: Sweep, data: dict[Run, RunSeeds], colors: dict[str, str]) 
         xs += list(x)
         vals = [_floor(p[1], panel.log) for p in points]
         clipped |= any(c for _, c in vals)
-        mean = np.array([np.nanmean(v) if len(v) else np.nan for v, _ in vals])
+        mean = np.array([nan_mean(v) for v, _ in vals])
         lo = np.array([np.nanmin(v) if len(v) else np.nan for v, _ in vals])
         hi = np.array([np.nanmax(v) if len(v) else np.nan for v, _ in vals])
         color = colors.setdefault(name, f"C{len(colors) % 10}")
@@ -128,8 +130,8 @@ def _log_ticks(axis, lo: float, hi: float) -> None:
     axis.set_minor_formatter(ticker.FuncFormatter(minor))
 
 
-def draw(figure: Figure, data: dict[Run, RunSeeds], path: Path, colors: dict[str, str] | None = None) -> Path:
-    """Draw ``figure`` from the runs' scalars into ``path`` (PNG)."""
+def draw(figure: Figure, data: dict[Point, Seeds], path: Path, colors: dict[str, str] | None = None) -> Path:
+    """Draw ``figure`` from the points' scalars into ``path`` (PNG)."""
     colors = {} if colors is None else colors
     n = len(figure.panels)
     ncols = 2 if n == 4 else min(n, 3)
@@ -164,6 +166,6 @@ def draw(figure: Figure, data: dict[Run, RunSeeds], path: Path, colors: dict[str
     return path
 
 
-def draw_experiment(exp: Experiment, data: dict[Run, RunSeeds], out: Path) -> list[Path]:
+def draw_experiment(exp: Experiment, data: dict[Point, Seeds], out: Path) -> list[Path]:
     colors: dict[str, str] = {}
     return [draw(f, data, out / f"{f.name}.png", colors) for f in exp.figures]

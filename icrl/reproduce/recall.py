@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 
 from icrl.recall.task import entropy
-from icrl.reproduce.experiments import Check, Curves, Experiment, Figure, Ref, Run, Sweep
+from icrl.reproduce.experiments import Check, Curves, Experiment, Figure, Ref, Sweep, point
+from icrl.sweep.grid import Point
 
 PAPER = "Nguyen & Nguyen-Tang, in-context recall (arXiv 2505.15009)"
 N_TRIGGERS, VOCAB = 5, 60  # the configs' |Q| and N
@@ -30,13 +31,13 @@ FINITE_MODELS = ("Reparam-Linear-FA", "Reparam-ReLU-FA", "Reparam-Linear-W-FA", 
 COLUMNS = (("val/loss", "loss"), ("val/ood_loss", "OOD loss"), ("val/bayes_gap", "exact gap"),
            ("val/ood_bayes_gap", "exact OOD gap"), ("val/p_output_ood", "p(y) OOD"),
            ("val/p_noise_ood", "p(τ) OOD"), ("val/margin_attn", "margin ξ_A"), ("val/margin_ff", "margin ξ_F"))
-REFERENCES = (("Bayes risk", lambda run: entropy(run.params["alpha"])),)
+REFERENCES = (("Bayes risk", lambda p: entropy(p.params["alpha"])),)
 QUICK = dict(
-    quick=("--data.context_length", "64", "--data.n_val", "512", "--data.val_batch_size", "512",
-           "--trainer.max_steps", "300", "--trainer.val_check_interval", "25", "--trainer.log_every_n_steps", "5"),
+    quick={"*": ("--data.context_length", "64", "--data.n_val", "512", "--data.val_batch_size", "512",
+                 "--trainer.max_steps", "300", "--trainer.val_check_interval", "25", "--trainer.log_every_n_steps", "5")},
     quick_note="context 64, 300 steps, 512 validation prompts (full: 256, 2000, 2048)")
 FINITE_QUICK = dict(
-    quick=("--data.context_length", "64", "--data.n_val", "512", "--data.val_batch_size", "512"),
+    quick={"*": ("--data.context_length", "64", "--data.n_val", "512", "--data.val_batch_size", "512")},
     quick_note="context 64, 512 validation prompts (full: 256, 2048; the 400 steps are kept)")
 EXACT_TOL = 1e-3  # the exact gaps carry no sampling noise: what is left is the unfinished convergence of quick runs
 SAMPLE_NOTE = (
@@ -46,18 +47,18 @@ SAMPLE_NOTE = (
     "from H(α) by the validation set's own noise rate (±0.009 at α = 0.2 with 2048 prompts).")
 
 
-def recall_run(model: str, alpha: float = 0.0, family: str = "fig1", eta: float | None = None) -> Run:
+def recall_point(model: str, alpha: float = 0.0, family: str = "fig1", eta: float | None = None,
+                 extra: tuple[str, ...] = (), **params) -> Point:
+    """A recall point: ``model``'s config of ``family`` at ``alpha`` (and ``eta``), then the ``extra``
+    overrides; ``params`` add figure coordinates."""
     later = model in (VALUE_SCALED_SOFTMAX, FREE_SIGN_SOFTMAX)
     config = "recall/fig1-later/reparam-softmax-fa.yaml" if later else f"recall/{family}/{model.lower()}.yaml"
     overrides = ("--data.alpha", str(alpha))
     if model == FREE_SIGN_SOFTMAX:
         overrides += ("--model.init_args.parameterization.init_args.free_sign", "true")
-    params = {"alpha": alpha}
-    if eta is not None:
-        if eta != 0.1:  # the configs' η: the run is then the same as recall-fig1's, and trained once
-            overrides += ("--model.init_args.optimizer.init_args.lr", str(eta))
-        params["eta"] = eta
-    return Run(model, config, overrides, params)
+    if eta is not None and eta != 0.1:  # the configs' η: the point is then the same as recall-fig1's, trained once
+        overrides += ("--model.init_args.optimizer.init_args.lr", str(eta))
+    return point(model, config, overrides + extra, {"alpha": alpha, **({} if eta is None else {"eta": eta}), **params})
 
 
 def gap_panels(alpha: float, legend=("model",)) -> tuple[Curves, Curves]:
@@ -106,7 +107,7 @@ def recall_fig1() -> Experiment:
     )
     return Experiment(
         "recall-fig1", "five models, noiseless and α = 0.5: loss, OOD loss, OOD probabilities", PAPER + ", Figure 1",
-        runs=tuple(recall_run(m, a) for a in (0.0, 0.5) for m in (*FIG1_MODELS, VALUE_SCALED_SOFTMAX)),
+        points=tuple(recall_point(m, a) for a in (0.0, 0.5) for m in (*FIG1_MODELS, VALUE_SCALED_SOFTMAX)),
         figures=(Figure("recall-fig1-loss", gap_panels(0.0) + gap_panels(0.5),
                         "Figure 1: five models, loss minus Bayes risk, in distribution and on unseen outputs"),
                  Figure("recall-fig1-probabilities", probabilities,
@@ -123,7 +124,7 @@ def recall_eta() -> Experiment:
                              "limited generalization to unseen outputs", kind="above")]
     return Experiment(
         "recall-eta", "Reparam-Linear-W-FA with η = 0.1 and 0.5, noiseless and α = 0.5", PAPER + ", Figure 2",
-        runs=tuple(recall_run("Reparam-Linear-W-FA", a, eta=e) for a in (0.0, 0.5) for e in (0.1, 0.5)),
+        points=tuple(recall_point("Reparam-Linear-W-FA", a, eta=e) for a in (0.0, 0.5) for e in (0.1, 0.5)),
         figures=(Figure("recall-eta", gap_panels(0.0, legend=("eta",)) + gap_panels(0.5, legend=("eta",)),
                         "Figure 2: Reparam-Linear-W-FA, step size η of normalized GD"),),
         columns=COLUMNS, checks=tuple(checks), references=REFERENCES, **QUICK)
@@ -155,7 +156,7 @@ def recall_alpha_sweep() -> Experiment:
     return Experiment(
         "recall-alpha-sweep", "Origin-Linear-FA, Reparam-Linear-W-FA, Reparam-Linear-FA at α ∈ {0.2, 0.5, 0.8}",
         PAPER + ", Figures 3–5",
-        runs=tuple(recall_run(m, a) for a in ALPHAS for m in SWEEP_MODELS),
+        points=tuple(recall_point(m, a) for a in ALPHAS for m in SWEEP_MODELS),
         figures=(Figure("recall-alpha-sweep", end_values, "Noise level α: end values (mean, min–max over seeds)"),
                  Figure("recall-alpha-sweep-curves", tuple(gap_panels(a)[i] for i in (0, 1) for a in ALPHAS),
                         "Figures 3–5: noise level α, loss minus Bayes risk over training")),
@@ -173,7 +174,7 @@ def recall_finite() -> Experiment:
     return Experiment(
         "recall-finite", "finite-sample (2048 prompts) Linear and ReLU models, noiseless and α = 0.5",
         PAPER + " v1, finite-sample training",
-        runs=tuple(recall_run(m, a, family="finite") for a in (0.0, 0.5) for m in FINITE_MODELS),
+        points=tuple(recall_point(m, a, family="finite") for a in (0.0, 0.5) for m in FINITE_MODELS),
         figures=(Figure("recall-finite", gap_panels(0.0) + gap_panels(0.5),
                         "Finite-sample training: 2048 prompts, 100 epochs"),),
         columns=COLUMNS, checks=tuple(checks), references=REFERENCES, **FINITE_QUICK)
@@ -193,7 +194,7 @@ def recall_margins() -> Experiment:
     )
     return Experiment(
         "recall-margins", "layer-wise logit margins over training (α = 0.5)", PAPER + " v1, logit margins",
-        runs=tuple(recall_run(m, 0.5) for m in MARGIN_MODELS),
+        points=tuple(recall_point(m, 0.5) for m in MARGIN_MODELS),
         figures=(Figure("recall-margins", panels, "α = 0.5: layer-wise logit margins over training"),),
         columns=COLUMNS, checks=checks, references=REFERENCES, **QUICK)
 
@@ -204,10 +205,9 @@ POPULATION_VAL = 8192  # fresh prompts of the finite-sample figure's population 
 RELU_TRIO = ("Reparam-ReLU-FA", "Reparam-ReLU-W-FA", "Origin-ReLU-FA")
 
 
-def finite_run(model: str, alpha: float, extra: tuple[str, ...] = ()) -> Run:
-    """A finite-sample run (2048 prompts, 100 epochs), validated and logged once per epoch."""
-    run = recall_run(model, alpha, family="finite")
-    return Run(run.model, run.config, run.overrides + PER_EPOCH + extra, run.params)
+def finite_point(model: str, alpha: float, extra: tuple[str, ...] = ()) -> Point:
+    """A finite-sample point (2048 prompts, 100 epochs), validated and logged once per epoch."""
+    return recall_point(model, alpha, family="finite", extra=PER_EPOCH + extra)
 
 
 def recall_finite_fig() -> Experiment:
@@ -234,7 +234,7 @@ def recall_finite_fig() -> Experiment:
     return Experiment(
         "recall-finite-fig", "finite-sample figure: ReLU trio at α = 0.5, 2048 prompts, loss per epoch",
         PAPER + " v1, finite-sample figure",
-        runs=tuple(finite_run(m, a, ("--data.n_val", str(POPULATION_VAL))) for m in RELU_TRIO),
+        points=tuple(finite_point(m, a, ("--data.n_val", str(POPULATION_VAL))) for m in RELU_TRIO),
         figures=(Figure("recall-finite-fig", panels,
                         "Finite-sample training, α = 0.5: 2048 prompts, batch 512, 100 epochs"),),
         columns=(("train/loss", "training loss"), *COLUMNS[:4]), checks=checks, references=REFERENCES,
@@ -242,7 +242,7 @@ def recall_finite_fig() -> Experiment:
              "sample's own noise: its population and OOD losses reach H(α). The free W of Reparam-ReLU-W-FA, and "
              "Origin's free matrices, fit the 2048 prompts (training loss at or below H(α)) and stay above it on "
              "fresh prompts. The training loss is the last batch's (512 prompts of the sample).",
-        quick=("--data.context_length", "64", "--data.n_val", "2048"),
+        quick={"*": ("--data.context_length", "64", "--data.n_val", "2048")},
         quick_note=f"context 64, 2048 fresh prompts for the population loss (full: 256, {POPULATION_VAL}; the 100 "
                    "epochs are kept)")
 
@@ -267,7 +267,7 @@ def recall_margins_fig() -> Experiment:
     return Experiment(
         "recall-margins-fig", "margin figures: ξ_A,y against max_j ξ_A,j and ξ_F,τ against max_j ξ_F,j, "
         "finite-sample linear trio at α ∈ {0.2, 0.5, 0.8}", PAPER + " v1, logit-margin figures",
-        runs=tuple(finite_run(m, a) for m in MARGIN_MODELS for a in ALPHAS),
+        points=tuple(finite_point(m, a) for m in MARGIN_MODELS for a in ALPHAS),
         figures=(Figure("recall-margins-fig-attention", margin_panels("attn"),
                         "Attention logits: ξ_A,y against max_j ξ_A,j (finite sample, η = 0.1)"),
                  Figure("recall-margins-fig-feedforward", margin_panels("ff"),
@@ -308,10 +308,8 @@ def recall_context_length() -> Experiment:
     return Experiment(
         "recall-context-length", "value-scaled softmax (s = e^σ > 0, and a free-sign s) at context length T from 64 "
         "to 4096, α ∈ {0, 0.2, 0.5, 0.8}", PAPER + " (later version), softmax attention's Bayes optimality",
-        runs=tuple(Run(r.model, r.config, r.overrides + ("--data.context_length", str(t)),
-                       {**r.params, "context_length": t})
-                   for m in (VALUE_SCALED_SOFTMAX, FREE_SIGN_SOFTMAX) for t in CONTEXT_LENGTHS for a in NOISE_LEVELS
-                   for r in (recall_run(m, a),)),
+        points=tuple(recall_point(m, a, extra=("--data.context_length", str(t)), context_length=t)
+                     for m in (VALUE_SCALED_SOFTMAX, FREE_SIGN_SOFTMAX) for t in CONTEXT_LENGTHS for a in NOISE_LEVELS),
         figures=(Figure("recall-context-length", gaps, "Softmax attention's exact OOD gap against context length T"),
                  Figure("recall-context-length-noise", p_noise,
                         "Predicted probability of τ on unseen outputs against T")),
@@ -322,9 +320,9 @@ def recall_context_length() -> Experiment:
              "s. The positive scale s = e^σ only shrinks and turns back once Λ (which it keeps the right sign) "
              "has focused attention on the output; a free-sign s crosses 0, after which attending to the output "
              "lowers its logit, Λ runs negative too and the model never recovers (docs/science.md §R.4).",
-        quick=("--data.batch_size", "128", "--data.n_val", "512", "--data.val_batch_size", "512",
-               "--trainer.max_steps", "600", "--trainer.val_check_interval", "100",
-               "--trainer.log_every_n_steps", "20"),
+        quick={"*": ("--data.batch_size", "128", "--data.n_val", "512", "--data.val_batch_size", "512",
+                     "--trainer.max_steps", "600", "--trainer.val_check_interval", "100",
+                     "--trainer.log_every_n_steps", "20")},
         quick_note="batch 128, 600 steps, 512 validation prompts (full: 512, 2000, 2048); the context lengths kept")
 
 
@@ -353,8 +351,8 @@ def recall_rate() -> Experiment:
     return Experiment(
         "recall-rate", "Reparam-Linear-FA's linear rate under normalized GD, η ∈ {0.1, 0.2}, α ∈ {0, 0.2, 0.5, 0.8}",
         PAPER + ", the linear convergence rate",
-        runs=tuple(Run(r.model, r.config, r.overrides + RATE_STEPS, r.params)
-                   for a in NOISE_LEVELS for eta in RATE_ETAS for r in (recall_run("Reparam-Linear-FA", a, eta=eta),)),
+        points=tuple(recall_point("Reparam-Linear-FA", a, eta=eta, extra=RATE_STEPS)
+                     for a in NOISE_LEVELS for eta in RATE_ETAS),
         figures=(Figure("recall-rate", tuple(panels), "Linear rate: exact gap against step, beside the closed form"),),
         columns=COLUMNS[2:4], checks=tuple(checks), references=REFERENCES,
         note="The gap of Reparam-Linear-FA is a closed form of its parameter (docs/science.md §R.6): "
@@ -363,7 +361,7 @@ def recall_rate() -> Experiment:
              "moves the vector λ by η in norm, each entry in proportion to its trigger's count in the batch, so "
              "η/√|Q| on average (slope −η/√|Q|, −0.0447 at η = 0.1). The slope is fitted where the gap lies in "
              "1e-5 … 0.1 (validated every 5 steps).",
-        quick=("--data.context_length", "64", "--data.n_val", "512", "--data.val_batch_size", "512"),
+        quick={"*": ("--data.context_length", "64", "--data.n_val", "512", "--data.val_batch_size", "512")},
         quick_note="context 64, 512 validation prompts (full: 256, 2048); the 600 steps kept")
 
 
@@ -394,8 +392,8 @@ def recall_finite_n() -> Experiment:
     return Experiment(
         "recall-finite-n", "finite samples: population and OOD gaps against n ∈ {512, …, 32768}, linear trio at "
         "α = 0.5", PAPER + " v1, finite-sample generalization",
-        runs=tuple(Run(r.model, r.config, r.overrides + ("--data.n_samples", str(n)), {**r.params, "n_samples": n})
-                   for m in FINITE_N_MODELS for n in FINITE_N for r in (recall_run(m, a, family="finite"),)),
+        points=tuple(recall_point(m, a, "finite", extra=("--data.n_samples", str(n)), n_samples=n)
+                     for m in FINITE_N_MODELS for n in FINITE_N),
         figures=(Figure("recall-finite-n", panels, "Finite samples, α = 0.5: exact gaps against n (400 steps)"),),
         columns=COLUMNS[2:6], checks=tuple(checks), references=REFERENCES,
         note="Every run trains 400 steps of batch 512 on its sample (400 epochs at n = 512, 6.25 at n = 32768). "

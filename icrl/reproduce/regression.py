@@ -1,7 +1,7 @@
 """Template-regression experiments of ``icrl-reproduce``: Figures 2–5 of Yang et al. (docs/science.md §T.4).
 
 The configs under ``configs/regression/`` hold the paper's sizes (5000 Adam steps, batch 256, a
-4-layer baseline meant for a GPU: ~15 s a step on 2 CPU cores). ``--quick`` shrinks steps, the
+4-layer baseline meant for a GPU, docs/performance.md §5). ``--quick`` shrinks steps, the
 token dimension of Fig. 3, the 4-layer baseline and Fig. 5's wall-clock budget, so that all four
 figures train in minutes on a CPU. The checks are the paper's captions: the trained model does
 ridge regression (Fig. 2), the closer N is to m the better (Fig. 3), H must be large enough for
@@ -10,7 +10,8 @@ the one-layer model, and not too large for its step size (Fig. 4), but not for a
 
 from __future__ import annotations
 
-from icrl.reproduce.experiments import Check, Curves, Experiment, Figure, Ref, Run, Sweep
+from icrl.reproduce.experiments import Check, Curves, Experiment, Figure, Ref, Sweep, point
+from icrl.sweep.grid import Point
 
 PAPER = "Yang, Huang, Liang & Chi, template regression (arXiv 2408.10147)"
 COLUMNS = (("train/loss", "train loss"), ("val/loss", "test loss"), ("val/ridge_loss", "ridge loss"),
@@ -63,11 +64,11 @@ def fig2() -> Experiment:
     return Experiment(
         "regression-fig2", "1-layer and 4-layer: training and inference loss, unseen examples and tasks",
         PAPER + ", Figure 2",
-        runs=(Run(one, "regression/fig2-1layer.yaml"), Run(four, "regression/fig2-4layer.yaml"),
-              Run(wide, "regression/fig2-1layer.yaml", LONG_RUN)),
+        points=(point(one, "regression/fig2-1layer.yaml"), point(four, "regression/fig2-4layer.yaml"),
+                point(wide, "regression/fig2-1layer.yaml", LONG_RUN)),
         figures=(Figure("regression-fig2", tuple(panels), "Figure 2: template regression, N = 30, K = 200, m = 20"),),
         columns=(*COLUMNS, ("val/labelled_ridge_gap", "gap: labelled"), ("val/unseen_example_ridge_gap", "gap: unseen")),
-        checks=checks, quick=ONE_LAYER_QUICK, run_quick={four: FOUR_LAYER_QUICK},
+        checks=checks, quick={"*": ONE_LAYER_QUICK, "regression-fig2-4layer": FOUR_LAYER_QUICK},
         quick_note="the 1-layer model 600 steps, too few for the claims on its distance to ridge (0.01, 5%, 0.018); "
                    "the 4-layer baseline d_model 32, d_ff 64, 4 heads, batch 16, "
                    "100 steps (full: 5000 steps, batch 256, d_model 256, d_ff 512, 8 heads)",
@@ -96,8 +97,8 @@ def fig3() -> Experiment:
                      f"trained model: gap at N = {n} above the gap at N = m", kind="above") for n in (50, 150)]
     return Experiment(
         "regression-fig3", "performance gap against N at m = 100", PAPER + ", Figure 3",
-        runs=tuple(Run("1-layer, H = 160", "regression/fig3-gap-vs-n.yaml", ("--data.init_args.n_labelled", str(n)),
-                       {"n_labelled": n}) for n in N_SWEEP),
+        points=tuple(point("1-layer, H = 160", "regression/fig3-gap-vs-n.yaml", ("--data.init_args.n_labelled", str(n)),
+                           {"n_labelled": n}) for n in N_SWEEP),
         figures=(Figure("regression-fig3", (
             Sweep(gaps, "n_labelled", "performance gap against N", "gap (mean squared difference)",
                   vlines=((100, "N = m = 100"),)),
@@ -111,18 +112,17 @@ def fig3() -> Experiment:
              "With unit-variance representations (τ/σ_f² = 0.01) the closed-form gap peaks near N = 72 and 129 and "
              "only falls close to m; the config draws f ~ N(0, I/m) (σ_f = 0.1, τ/σ_f² = 1), where it shrinks "
              "towards N = m from both sides for every table.",
-        quick=("--data.init_args.token_dim", "32", "--trainer.max_steps", "200", "--trainer.val_check_interval", "20",
-               "--trainer.log_every_n_steps", "10"),
+        quick={"*": ("--data.init_args.token_dim", "32", "--trainer.max_steps", "200",
+                     "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "10")},
         quick_note="token dimension d = 32, 200 steps (full: d = 100, 5000 steps)")
 
 
 def heads_sweep(model: str, config: str, flag: str, heads: tuple[int, ...], x: str = "step",
-                vlines: tuple[tuple[float, str], ...] = ()) -> tuple[tuple[Run, ...], tuple[Curves, Sweep]]:
-    """A run of ``config`` per number of heads (set by the override ``flag``), and the panels of their
+                vlines: tuple[tuple[float, str], ...] = ()) -> tuple[tuple[Point, ...], tuple[Curves, Sweep]]:
+    """A point of ``config`` per number of heads (set by the override ``flag``), and the panels of their
     training loss: against ``x`` (``Curves.x``), and its end value against H."""
-    runs = tuple(Run(model, config, (flag, str(h)), {"heads": h}) for h in heads)
     where = {"model": model}
-    return runs, (Curves("train/loss", "training loss", "mean squared error", where, legend=("heads",), x=x),
+    return tuple(point(model, config, (flag, str(h)), {"heads": h}) for h in heads), (Curves("train/loss", "training loss", "mean squared error", where, legend=("heads",), x=x),
                   Sweep("train/loss", "heads", "end training loss against H", "mean squared error", where,
                         logx=True, vlines=vlines))
 
@@ -136,17 +136,8 @@ UNSTABLE_NOTE = (
     "head attends alike, so the read-outs w of all H heads move together, and Adam moves each entry by about the "
     "step size: the prediction moves by about H γ² lr a step, and from H × lr ≈ 1 the first steps overshoot. The "
     "second figure shows it at lr 3e-3, H = 1024 against H = 64. At this config's lr 1e-4 it takes H ≈ 16000, "
-    "too large to train in full here (Q alone holds H·d² = 1.6·10⁸ numbers). The search behind "
-    "it (seed 0, training loss, with the labels themselves as targets, the targets of icrl before its `targets` "
-    "option; 'peak': the loss rising in the first steps above its start, 20.6): "
-    "Adam lr 1e-4, mean of steps 200–300: H = 64 0.79, 256 0.53, 1024 0.53; H = 4096 0.57 (steps 65–95), no "
-    "peak (5.6 at step 7); H = 16384 (8 steps run): 25.2 at step 1, then 12.9, 14.4, 12.8, 7.7, 6.7, 7.0; "
-    "lr 1e-3: H = 64 0.54, 256 0.56, 1024 0.62, "
-    "no peak; lr 3e-3: H = 64 0.58, 256 0.62 (peak 19.0), 1024 0.81 (peak 111); lr 1.2e-2, H = 256: peak 587; "
-    "lr 4.8e-2, H = 64: peak 915. Plain gradient descent (torch.optim.SGD, the paper's analysis) at lr 0.1 "
-    "trains H = 64 and 256 (0.55 and 0.59 after 200 steps) and diverges at H = 1024 (non-finite at step 14); "
-    "at lr 0.3 already H = 64 diverges. A diverging run is a failed run here, so the experiment shows the "
-    "overshoot with Adam, where the run recovers, but more slowly than with fewer heads.")
+    "too large to train in full here (Q alone holds H·d² = 1.6·10⁸ numbers). The search behind it, over H, Adam's "
+    "step size and plain gradient descent: docs/science.md §T.3, 'Too many heads'.")
 
 
 def fig4() -> Experiment:
@@ -164,13 +155,13 @@ def fig4() -> Experiment:
         Check({**fast, "heads": 1024}, "val/loss", Ref("val/loss", {**fast, "heads": 64}, scale=1.2),
               "and converges more slowly: test loss above 1.2 × H = 64's", kind="above"),
     )
-    runs, panels = heads_sweep("1-layer", "regression/fig4-heads.yaml", "--model.init_args.heads", HEADS,
-                               vlines=((30, "H = N = 30"),))
-    unstable = tuple(Run(UNSTABLE, "regression/fig4-heads.yaml", ("--model.init_args.heads", str(h), *UNSTABLE_RUN),
-                         {"heads": h}) for h in UNSTABLE_HEADS)
+    points, panels = heads_sweep("1-layer", "regression/fig4-heads.yaml", "--model.init_args.heads", HEADS,
+                                 vlines=((30, "H = N = 30"),))
+    unstable = tuple(point(UNSTABLE, "regression/fig4-heads.yaml", ("--model.init_args.heads", str(h), *UNSTABLE_RUN),
+                           {"heads": h}) for h in UNSTABLE_HEADS)
     return Experiment(
         "regression-fig4", "1-layer training loss against the number of heads H", PAPER + ", Figure 4",
-        runs=runs + unstable,
+        points=points + unstable,
         figures=(Figure("regression-fig4", panels, "Figure 4: one-layer model, number of heads H (N = 30)"),
                  Figure("regression-fig4-instability",
                         tuple(Curves(metric, f"lr {UNSTABLE_LR:g}: {title}", "mean squared error", fast,
@@ -178,9 +169,10 @@ def fig4() -> Experiment:
                               for metric, title in (("train/loss", "training loss"), ("val/loss", "test loss"))),
                         "Figure 4: too many heads for the step size (H × lr ≈ 3) overshoot")),
         columns=COLUMNS[:3] + COLUMNS[6:7], checks=checks,
-        quick=("--trainer.max_steps", "400", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "10"),
-        run_quick={UNSTABLE: ("--trainer.max_steps", "60", "--trainer.val_check_interval", "10",
-                              "--trainer.log_every_n_steps", "1")},
+        quick={"*": ("--trainer.max_steps", "400", "--trainer.val_check_interval", "40",
+                     "--trainer.log_every_n_steps", "10"),
+               f"*lr={UNSTABLE_LR:g}*": ("--trainer.max_steps", "60", "--trainer.val_check_interval", "10",
+                                         "--trainer.log_every_n_steps", "1")},
         quick_note=f"400 steps (full: 5000); lr {UNSTABLE_LR:g}: 60 steps (full: 300)", note=UNSTABLE_NOTE)
 
 
@@ -192,17 +184,17 @@ def fig5() -> Experiment:
         Check({"heads": 1}, "train/loss", Ref("train/loss", {"heads": 8}, scale=2.0),
               "few heads suffice: H = 1 within 2 × the loss of H = 8", kind="below"),
     )
-    runs, panels = heads_sweep("4-layer transformer", "regression/fig5-4layer-heads.yaml", "--model.init_args.n_heads",
-                               HEADS_4L, x="time")
+    points, panels = heads_sweep("4-layer transformer", "regression/fig5-4layer-heads.yaml",
+                                 "--model.init_args.n_heads", HEADS_4L, x="time")
     return Experiment(
         "regression-fig5", "4-layer transformer against the number of heads, fixed wall-clock budget",
         PAPER + ", Figure 5",
-        runs=runs,
+        points=points,
         figures=(Figure("regression-fig5", panels,
                         "Figure 5: 4-layer transformer, heads at a fixed wall-clock budget"),),
         columns=COLUMNS[:3], checks=checks,
-        quick=(*FOUR_LAYER_SMALL, "--trainer.max_time", "00:00:00:05", "--trainer.val_check_interval", "10",
-               "--trainer.log_every_n_steps", "5"),
+        quick={"*": (*FOUR_LAYER_SMALL, "--trainer.max_time", "00:00:00:05", "--trainer.val_check_interval", "10",
+                     "--trainer.log_every_n_steps", "5")},
         quick_note="5 s per run; d_model 32, d_ff 64, batch 16 (full: 100 s; d_model 256, d_ff 512, batch 256)",
         note="A wall-clock budget measures the machine as much as the model: compare runs of one invocation only "
              "(with --jobs 2 each run shares the CPU with another).")
@@ -222,7 +214,7 @@ def gd_rate() -> Experiment:
     return Experiment(
         "regression-gd-rate", "1-layer model under plain full-batch gradient descent: linear convergence of the "
         "training loss", PAPER + ", Theorem 1",
-        runs=(Run(run["model"], "regression/thm1-gd.yaml"),),
+        points=(point(run["model"], "regression/thm1-gd.yaml"),),
         figures=(Figure("regression-gd-rate", panels,
                         "Theorem 1: full-batch GD (η_Q = 0.05, η_w = γ² η_Q), 512 prompts, H = 64"),),
         columns=(COLUMNS[0], ("train/excess_loss", "excess over the global minimum"), *COLUMNS[1:3]), checks=checks,
@@ -233,19 +225,18 @@ def gd_rate() -> Experiment:
              "eases by about a third from the decade 1e-3 … 1e-2 to 1e-4 … 1e-3 (seed 0: −0.0015 and −0.0010 per "
              "step). A power law ∝ 1/t would flatten about three times over the same steps. At η_Q = 0.1 the excess "
              "oscillates below 1e-3.",
-        quick=("--data.init_args.n_val", "64"), quick_note="64 validation prompts (full: 200); the 6000 steps kept")
+        quick={"*": ("--data.init_args.n_val", "64")}, quick_note="64 validation prompts (full: 200); the 6000 steps kept")
 
 
 HEADS_VS_N = (10, 30, 60)
 
 
 def heads_vs_n() -> Experiment:
-    runs, checks = [], []
+    points, checks = [], []
     for n in HEADS_VS_N:
-        heads = (n // 2, n, 2 * n)
-        runs += [Run("1-layer", "regression/fig4-heads.yaml",
-                     ("--data.init_args.n_labelled", str(n), "--model.init_args.heads", str(h)),
-                     {"n_labelled": n, "heads": h}) for h in heads]
+        points += [point("1-layer", "regression/fig4-heads.yaml",
+                         ("--data.init_args.n_labelled", str(n), "--model.init_args.heads", str(h)),
+                         {"n_labelled": n, "heads": h}) for h in (n // 2, n, 2 * n)]
         few, enough = {"n_labelled": n, "heads": n // 2}, {"n_labelled": n, "heads": 2 * n}
         checks += [Check(few, "val/ridge_gap", Ref("val/ridge_gap", enough, scale=2.0),
                          f"H = N/2 < N stalls: gap to ridge above 2 × H = 2N's (N = {n})", kind="above"),
@@ -257,13 +248,13 @@ def heads_vs_n() -> Experiment:
                     logx=True))
     return Experiment(
         "regression-heads-vs-n", "1-layer model: H = N/2, N, 2N heads at N ∈ {10, 30, 60}", PAPER + ", H ≥ N",
-        runs=tuple(runs), figures=(Figure("regression-heads-vs-n", panels,
+        points=tuple(points), figures=(Figure("regression-heads-vs-n", panels,
                                           "One-layer model: heads H against the prompt length N (m = 20)"),),
         columns=(COLUMNS[1], COLUMNS[2], COLUMNS[6]), checks=tuple(checks),
         note="The one-layer model needs H ≥ N heads to express the ridge predictor (docs/science.md §T.2): each "
              "head contributes one softmax direction over the N labels.",
-        quick=("--trainer.max_steps", "400", "--trainer.val_check_interval", "100",
-               "--trainer.log_every_n_steps", "20"),
+        quick={"*": ("--trainer.max_steps", "400", "--trainer.val_check_interval", "100",
+                     "--trainer.log_every_n_steps", "20")},
         quick_note="400 steps (full: 5000)")
 
 

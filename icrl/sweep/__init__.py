@@ -1,16 +1,15 @@
-"""``icrl sweep SWEEP.yaml``: a grid of ``icrl fit`` overrides × seeds, one real run each, and its summary.
+"""``icrl sweep SWEEP.yaml``: a grid of ``icrl fit`` overrides × seeds, one job each, and its summary.
 
     icrl sweep sweeps/recall-alpha.yaml --jobs 2                 # local: a pool of 2 worker processes
-    icrl sweep sweeps/recall-alpha.yaml --jobs 2 --reuse         # keep finished runs, resume the others
-    icrl sweep sweeps/recall-alpha.yaml --backend ray --address HEAD:6379   # every run a task on a Ray cluster
+    icrl sweep sweeps/recall-alpha.yaml --jobs 2 --reuse         # keep finished jobs, resume the others
+    icrl sweep sweeps/recall-alpha.yaml --backend ray --address HEAD:6379   # every job a task on a Ray cluster
 
-The YAML format is in ``icrl.sweep.spec`` (``--out`` defaults to ``runs/<sweep file name>``). Every
-run has its own folder
-``OUT/runs/<point>/seed<S>-<key>/`` (TensorBoard logs, ``scalars.csv``, ``log.txt``,
-``result.json``; point: its overrides, key: its content hash, see ``icrl.sweep.run``), so
-``tensorboard --logdir OUT/runs`` compares the points. ``OUT/summary.{csv,md}``: end metrics per
-point, mean ± std over seeds, and the failed runs. ``icrl-reproduce`` runs its experiments through
-the same ``run_sweep``.
+The YAML format is in ``icrl.sweep.grid`` (``--out`` defaults to ``runs/<sweep file name>``). A job
+is one ``icrl fit`` of a point × seed, in its own folder ``OUT/runs/<point>/seed<S>-<key>/``
+(TensorBoard logs, ``scalars.csv``, ``log.txt``, ``result.json``; point: its overrides, key: its
+content hash, see ``icrl.sweep.job``), so ``tensorboard --logdir OUT/runs`` compares the points.
+``OUT/summary.{csv,md}``: end metrics per point, mean ± std over seeds, and the failed jobs.
+``icrl-reproduce`` trains its experiments through the same ``run_sweep``.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from icrl.sweep import grid, summary
 from icrl.sweep.backends import BACKENDS, Progress, execute
-from icrl.sweep.run import code_version, finished, plan_job
-from icrl.sweep.spec import Point, load
+from icrl.sweep.grid import Point
+from icrl.sweep.job import code_version, finished, plan_job
 
 __all__ = ["run_sweep", "main"]
 
@@ -30,10 +30,10 @@ __all__ = ["run_sweep", "main"]
 def run_sweep(points: list[Point], seeds: list[int], runs_dir: Path, backend: str = "local", jobs: int = 1,
               threads: int = 1, reuse: bool = False, address: str | None = None,
               progress: bool = True) -> dict[tuple[Point, int], dict]:
-    """Train every point × seed (each distinct run once); return ``{(point, seed): result}``.
+    """Train every point × seed (each distinct job once); return ``{(point, seed): result}``.
 
-    ``reuse``: keep the runs that finished with exactly this config, seed and code, and resume the
-    unfinished ones from their ``last.ckpt``; without it every run starts afresh.
+    ``reuse``: keep the jobs that finished with exactly this config, seed and code, and resume the
+    unfinished ones from their ``last.ckpt``; without it every job starts afresh.
     """
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: choose from {list(BACKENDS)}")
@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="icrl sweep",
                                 description="A grid of icrl fit overrides × seeds: one run each, and a summary.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Sweep file format:\n" + _format_help())
+                                epilog="Sweep file format:\n" + grid.__doc__.split("::", 1)[1].split(">>>", 1)[0])
     p.add_argument("sweep", type=Path, help="the sweep YAML")
     p.add_argument("--out", type=Path, help="output directory: runs/, summary.csv, summary.md "
                                              "(default: runs/<sweep file name>)")
@@ -97,29 +97,21 @@ def check_execution_arguments(p: argparse.ArgumentParser, args: argparse.Namespa
         p.error(f"--address {args.address} needs --backend ray (got --backend {args.backend})")
 
 
-def _format_help() -> str:
-    from icrl.sweep import spec
-
-    return spec.__doc__.split("::", 1)[1].split(">>>", 1)[0].rstrip() + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     """``icrl sweep``: exit 0 when every run finished, 1 when any failed, 2 on a bad sweep file or option."""
-    from icrl.sweep import summary
-
     p = parser()
     args = p.parse_args(sys.argv[2:] if argv is None else argv)
     check_execution_arguments(p, args)
     out = args.out or Path("runs") / args.sweep.stem
     try:
-        spec = load(args.sweep)
-        done = run_sweep(list(spec.points), list(spec.seeds), out / "runs", args.backend, args.jobs, args.threads,
+        sweep = grid.load(args.sweep)
+        done = run_sweep(list(sweep.points), list(sweep.seeds), out / "runs", args.backend, args.jobs, args.threads,
                          args.reuse, args.address, args.progress)
     except ValueError as err:
         p.error(str(err))
-    runs = {point: {seed: done[point, seed] for seed in spec.seeds} for point in spec.points}
     out.mkdir(parents=True, exist_ok=True)
-    path = summary.write(out, list(spec.points), runs, spec.metrics)
+    path = summary.write(out, list(sweep.points), {pt: {s: done[pt, s] for s in sweep.seeds} for pt in sweep.points},
+                         sweep.metrics)
     failed = sorted({r["dir"] for r in done.values() if r["exit_code"] != 0})
     print(f"icrl sweep: wrote {path} and {path.with_suffix('.csv')}; TensorBoard: tensorboard --logdir {out / 'runs'}")
     if failed:

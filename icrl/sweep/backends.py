@@ -1,6 +1,6 @@
-"""Where a sweep's runs train: ``local`` (a pool of warm worker processes on this machine) or ``ray``.
+"""Where a sweep's jobs train: ``local`` (a pool of warm worker processes on this machine) or ``ray``.
 
-Both call ``icrl.sweep.run.run_one`` once per job and differ only in who decides where and when.
+Both call ``icrl.sweep.job.train_job`` once per job and differ only in who decides where and when.
 ``local``: ``jobs`` slots; a run takes as many slots as it starts processes (at most all of them),
 so a 2-process DDP run waits for two free slots. ``ray``: each run a Ray task asking for
 ``processes × threads`` CPUs and its GPUs; Ray places it on a node with those free, on a local Ray
@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from icrl.sweep.run import run_one
+import torch
+
+from icrl.sweep.job import train_job
 
 BACKENDS = ("local", "ray")
 
@@ -64,7 +66,7 @@ class Progress:
             self.stream.write("\n")
 
 
-def run_local(todo: list[dict], jobs: int, threads: int, progress: Progress) -> list[dict]:
+def train_local(todo: list[dict], jobs: int, threads: int, progress: Progress) -> list[dict]:
     """Train ``todo`` in ``jobs`` spawned worker processes (warm: each imports torch once)."""
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     results, waiting, used = [], list(todo), 0
@@ -73,7 +75,7 @@ def run_local(todo: list[dict], jobs: int, threads: int, progress: Progress) -> 
         while waiting or running:
             while waiting and used + (need := min(waiting[0]["processes"], jobs)) <= jobs:
                 job = waiting.pop(0)
-                running[pool.submit(run_one, job)] = (job, need)
+                running[pool.submit(train_job, job)] = (job, need)
                 used += need
             progress.update(len(running))
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -86,25 +88,23 @@ def run_local(todo: list[dict], jobs: int, threads: int, progress: Progress) -> 
     return results
 
 
-def run_here(todo: list[dict], threads: int, progress: Progress) -> list[dict]:
-    import torch
-
+def train_here(todo: list[dict], threads: int, progress: Progress) -> list[dict]:
     before, results = torch.get_num_threads(), []
     torch.set_num_threads(threads)
     try:
         for job in todo:
             progress.update(1)
-            results.append(run_one(job))
+            results.append(train_job(job))
             progress.update(0, results[-1])
     finally:
         torch.set_num_threads(before)
     return results
 
 
-def run_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, address: str | None = None) -> list[dict]:
+def train_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, address: str | None = None) -> list[dict]:
     """Train ``todo`` as Ray tasks, on the cluster at ``address`` or on a local Ray instance."""
     try:
-        import ray
+        import ray  # optional: pip install -e ".[ray]"
     except ImportError:
         raise ValueError("--backend ray needs Ray: pip install -e \".[ray]\" (or pip install ray)") from None
     started = not ray.is_initialized()
@@ -115,7 +115,7 @@ def run_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, addre
             ray.init(num_cpus=jobs * threads, include_dashboard=False, log_to_driver=False)
     try:
         cpus = ray.cluster_resources().get("CPU", 1)
-        task = ray.remote(_ray_run)
+        task = ray.remote(_ray_train)
         running = {}
         for job in todo:  # a run never asks for more CPUs than the cluster has: it would wait forever
             ref = task.options(num_cpus=min(job["processes"] * threads, cpus), num_gpus=job["gpus"]).remote(job)
@@ -134,11 +134,9 @@ def run_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, addre
             ray.shutdown()
 
 
-def _ray_run(job: dict) -> dict:
-    import torch
-
+def _ray_train(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
-    return run_one(job)
+    return train_job(job)
 
 
 def _result(get: Callable[[], dict], job: dict) -> dict:
@@ -151,8 +149,6 @@ def _result(get: Callable[[], dict], job: dict) -> dict:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
@@ -171,11 +167,11 @@ def execute(todo: list[dict], backend: str = "local", jobs: int = 1, threads: in
     start = time.perf_counter()
     try:
         if backend == "ray":
-            results = run_ray(todo, jobs, threads, progress, address)
+            results = train_ray(todo, jobs, threads, progress, address)
         elif jobs == 1:  # in this process: no worker to start
-            results = run_here(todo, threads, progress)
+            results = train_here(todo, threads, progress)
         else:
-            results = run_local(todo, jobs, threads, progress)
+            results = train_local(todo, jobs, threads, progress)
     finally:
         progress.close()
     progress.note(f"icrl sweep: trained {len(todo)} runs in {time.perf_counter() - start:.0f} s "

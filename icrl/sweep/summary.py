@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from icrl.reproduce.results import end_values, fmt_values, table
-from icrl.sweep.spec import Point
+from icrl.sweep.grid import Point
+from icrl.sweep.tables import end_values, fmt_values, nan_mean, table
 
 
 def metrics_of(results: list[dict], wanted: tuple[str, ...] = ()) -> list[str]:
@@ -34,8 +34,7 @@ def write(out: Path, points: list[Point], runs: dict[Point, dict[int, dict]], wa
         ok = [s for s, r in seeds.items() if r["exit_code"] == 0]
         failed += [(point, s, r) for s, r in seeds.items() if r["exit_code"] != 0]
         ends = {m: end_values({s: seeds[s] for s in ok}, m) for m in metrics}
-        stats = [(float(np.nanmean(v)), float(np.nanstd(v))) if (~np.isnan(v)).any() else ("", "")
-                 for v in ends.values()]
+        stats = [("", "") if np.isnan(v).all() else (nan_mean(v), float(np.nanstd(v))) for v in ends.values()]
         csv_rows.append([point.name, *(point.values.get(k, "") for k in keys), len(ok), len(seeds) - len(ok),
                          *(x for stat in stats for x in stat)])
         md_rows.append([point.name, *(str(point.values.get(k, "")) for k in keys), f"{len(ok)}/{len(seeds)}",

@@ -1,17 +1,15 @@
-"""One run of a sweep: its resolved config, its content key, its folder, and training it.
+"""One job of a sweep: a point × seed, its resolved config, its content key, its folder, and training it.
 
-A run's identity (``key``) is a hash of what ``icrl fit --print_config`` prints for it (the base
+A job's identity (``key``) is a hash of what ``icrl fit --print_config`` prints for it (the base
 YAML with every override applied, the seed included, the log folder left out) and of the code
-(``code_version``): a changed YAML, override, seed or commit is another run. A job is a plain
-dict, so it travels to a worker process or a Ray task. ``run_one`` trains a job in this process
+(``code_version``): a changed YAML, override, seed or commit is another job. A job is a plain
+dict, so it travels to a worker process or a Ray task. ``train_job`` trains it in this process
 (a warm worker: no interpreter start-up) when it is a single process, or as an ``icrl fit``
 subprocess when it asks for several (devices, nodes: Lightning's launcher then starts the other
-ranks from that command, never from the sweep's; so does any run with a distributed
-strategy). It resumes from the run's ``last.ckpt`` when
-one is there, and writes ``result.json`` (the exit code, the wall time) when it ends.
-
-The runs log every scalar into ``scalars.csv`` (``icrl.scalars``) beside TensorBoard, through
-``SweepRun``, which the sweep adds to every run's callbacks.
+ranks from that command, never from the sweep's; so does any job with a distributed strategy).
+It resumes from the job's ``last.ckpt`` when one is there, and writes ``result.json`` (the exit
+code, the wall time) when it ends; its scalars come back from the ``scalars.csv`` every
+``icrl fit`` writes (``icrl.scalars``).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
@@ -30,39 +27,30 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
 import yaml
-from lightning.pytorch import Callback
+from jsonargparse import ArgumentError
 
-from icrl.scalars import ScalarFile, read_scalars
+import icrl
+from icrl.callbacks import NonFiniteLossError
+from icrl.cli import IcrlCLI, cli_main, one_line
+from icrl.scalars import read_scalars
 
-RUNNER_ARGS = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-               "--trainer.callbacks+=icrl.sweep.run.SweepRun")
+RUNNER_ARGS = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 # Set by a distributed run for its ranks; inherited, they would make the next run join the old group.
 DIST_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 
 
-class SweepRun(Callback):
-    """Adds a ``ScalarFile`` in the run's log folder (``last.ckpt``, what an interrupted sweep resumes
-    from, is written by every ``icrl fit``: ``icrl.checkpoints.RunCheckpoint``)."""
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if not any(isinstance(lg, ScalarFile) for lg in trainer.loggers):
-            trainer.loggers = [*trainer.loggers, ScalarFile(trainer.log_dir or trainer.default_root_dir)]
-
-
 def code_version() -> str:
     """The package version, and in a git checkout its commit and a hash of uncommitted changes to ``icrl/``."""
-    import icrl
-
     root = Path(icrl.__file__).resolve().parent
-    version = icrl.__version__
     try:
         git = dict(cwd=root, capture_output=True, text=True, check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], **git).stdout.strip()
         diff = subprocess.run(["git", "diff", "HEAD", "--", "."], **git).stdout
     except (OSError, subprocess.CalledProcessError):  # not a checkout: the version is all there is
-        return version
-    return f"{version} {commit}" + (f" +{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else "")
+        return icrl.__version__
+    return f"{icrl.__version__} {commit}" + (f" +{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else "")
 
 
 def fit_args(config: str, args: tuple[str, ...] | list[str], seed: int) -> list[str]:
@@ -70,65 +58,55 @@ def fit_args(config: str, args: tuple[str, ...] | list[str], seed: int) -> list[
     return ["fit", "--config", config, "--seed_everything", s, "--data.init_args.seed", s, *args, *RUNNER_ARGS]
 
 
-def resolve(config: str, args: tuple[str, ...] | list[str], seed: int) -> str:
-    """What ``icrl fit --print_config`` prints for this run (without its log folder).
-
-    ``ValueError`` with the CLI's message when the arguments do not parse (an unknown setting, a
-    value of the wrong type): the sweep refuses them before any run starts.
-    """
-    parser = fit_parser()
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            cfg = parser.parse_args(fit_args(config, args, seed)[1:])
-        except SystemExit:  # the parser's message, on one line, without the usage text before it
-            message = err.getvalue().partition("error:")[2].partition("Given value type")[0]
-            raise ValueError(" ".join(message.split()) or "icrl fit refused the arguments") from None
-    return parser.dump(cfg, skip_unset=False)
-
-
-class _Built(Exception):
-    def __init__(self, parsers):
-        self.parsers = parsers
-
-
 @functools.cache
 def parsers() -> tuple:
     """``icrl``'s argument parsers (the main one, the subcommands' method arguments, the subcommands'), built once
-    per process: building them is most of the cost of ``--print_config`` and ~0.7 s of every run's start."""
-    from icrl.cli import IcrlCLI, cli_main
+    per process: building them is most of the cost of ``--print_config`` and of a run's start (docs/performance.md).
 
-    class ParserOnly(IcrlCLI):  # the CLI of cli_main, stopped before it parses sys.argv
+    LightningCLI builds its parsers only in its constructor, which goes on to parse and run: a subclass
+    stops it with an exception carrying them, the one hook (``parse_arguments``) between the two.
+    """
+    class Built(Exception):
+        pass
+
+    class ParsersOnly(IcrlCLI):
         def parse_arguments(self, parser, args) -> None:
-            raise _Built((self.parser, self._subcommand_method_arguments, self._subcommand_parsers))
+            raise Built(self.parser, self._subcommand_method_arguments, self._subcommand_parsers)
 
     try:
-        cli_main([], cli_class=ParserOnly)
-    except _Built as built:
-        return built.parsers
+        cli_main([], cli_class=ParsersOnly)
+    except Built as built:
+        return built.args
     raise RuntimeError("LightningCLI no longer parses its arguments in parse_arguments")
 
 
-def fit_parser():
-    """``icrl fit``'s argument parser (``parsers``)."""
-    return parsers()[2]["fit"]
-
-
-@functools.cache
-def warm_cli():
-    """``IcrlCLI`` on the parsers of ``parsers``: a warm worker's runs do not rebuild them (a parse leaves a
+class WarmCLI(IcrlCLI):
+    """``IcrlCLI`` on the parsers of ``parsers()``: a warm worker's runs do not rebuild them (a parse leaves a
     parser as it was, so one run's arguments never reach the next; ``test_sweep`` checks it)."""
-    from icrl.cli import IcrlCLI
 
-    class WarmCLI(IcrlCLI):
-        def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
-            self.parser, self._subcommand_method_arguments, self._subcommand_parsers = parsers()
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        self.parser, self._subcommand_method_arguments, self._subcommand_parsers = parsers()
 
-    return WarmCLI
+
+def resolve(config: str, args: tuple[str, ...] | list[str], seed: int) -> str:
+    """What ``icrl fit --print_config`` prints for this job (without its log folder).
+
+    ``ValueError`` with the CLI's one-line message when the arguments do not parse (an unknown
+    setting, a value of the wrong type): the sweep refuses them before any run starts.
+    """
+    parser = parsers()[2]["fit"]
+    parser.exit_on_error = False  # raise the error instead of printing it and exiting
+    try:
+        cfg = parser.parse_args(fit_args(config, args, seed)[1:])
+    except ArgumentError as err:
+        raise ValueError(one_line(str(err)) or "icrl fit refused the arguments") from None
+    finally:
+        parser.exit_on_error = True
+    return parser.dump(cfg, skip_unset=False)
 
 
 def processes(trainer: dict) -> tuple[int, int]:
-    """``(processes, GPUs)`` a run's trainer settings ask for (over all its nodes).
+    """``(processes, GPUs)`` a job's trainer settings ask for (over all its nodes).
 
     >>> processes({"devices": 2, "accelerator": "cpu", "strategy": "ddp"})
     (2, 0)
@@ -137,8 +115,6 @@ def processes(trainer: dict) -> tuple[int, int]:
     >>> processes({"devices": 1, "accelerator": "auto"})
     (1, 0)
     """
-    import torch
-
     accelerator = str(trainer.get("accelerator") or "auto")
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     devices = trainer.get("devices", "auto")
@@ -153,7 +129,7 @@ def processes(trainer: dict) -> tuple[int, int]:
 
 
 def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, version: str, threads: int = 1) -> dict:
-    """The job of one run: arguments, content key, folder ``folder/seed<S>-<key>``, the processes it asks for."""
+    """A job: arguments, content key, folder ``folder/seed<S>-<key>``, the processes it asks for."""
     text = resolve(config, args, seed)
     key = hashlib.sha256(f"{text}\n{version}".encode()).hexdigest()[:16]
     trainer = yaml.safe_load(text).get("trainer") or {}
@@ -168,7 +144,7 @@ def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, versio
 
 
 def finished(job: dict) -> dict | None:
-    """The result of this very run (same key) if it finished successfully earlier."""
+    """The result of this very job (same key) if it finished successfully earlier."""
     path = Path(job["dir"]) / "result.json"
     if not path.exists():
         return None
@@ -178,27 +154,27 @@ def finished(job: dict) -> dict | None:
     return {**saved, **job, "scalars": read_scalars(job["dir"]), "reused": True}
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest ``lightning_logs/<name>/version_N/checkpoints/last.ckpt`` of a run."""
-    found = list(run_dir.glob("lightning_logs/**/checkpoints/last.ckpt"))
+def last_checkpoint(job_dir: Path) -> Path | None:
+    """The newest ``lightning_logs/<name>/version_N/checkpoints/last.ckpt`` of a job."""
+    found = list(job_dir.glob("lightning_logs/**/checkpoints/last.ckpt"))
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def run_one(job: dict) -> dict:
+def train_job(job: dict) -> dict:
     """Train one job (resuming from its ``last.ckpt`` if any); return its result and save ``result.json``.
 
-    Never raises: a failed run comes back with ``exit_code`` (2 a bad setting, 1 a diverging loss
+    Never raises: a failed job comes back with ``exit_code`` (2 a bad setting, 1 a diverging loss
     or a crash) and ``error``, its console output in ``log.txt``.
     """
-    run_dir = Path(job["dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").unlink(missing_ok=True)
-    args = [*fit_args(job["config"], job["args"], job["seed"]), "--trainer.default_root_dir", str(run_dir)]
-    resume = last_checkpoint(run_dir)
+    job_dir = Path(job["dir"])
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "result.json").unlink(missing_ok=True)
+    args = [*fit_args(job["config"], job["args"], job["seed"]), "--trainer.default_root_dir", str(job_dir)]
+    resume = last_checkpoint(job_dir)
     if resume is not None:
         args += ["--ckpt_path", str(resume)]
     start = time.perf_counter()
-    with open(run_dir / "log.txt", "a") as log:
+    with open(job_dir / "log.txt", "a") as log:
         log.write(shlex.join(["icrl", *args]) + "\n")
         log.flush()
         if job["subprocess"]:  # its own process tree: Lightning's launcher starts the other ranks from it
@@ -209,19 +185,14 @@ def run_one(job: dict) -> dict:
         else:
             code = _fit_here(args, log)
     result = {**job, "exit_code": code, "error": None if code == 0 else f"exit code {code}",
-              "log": str(run_dir / "log.txt"), "resumed_from": str(resume) if resume else None,
+              "log": str(job_dir / "log.txt"), "resumed_from": str(resume) if resume else None,
               "wall_s": time.perf_counter() - start}
-    (run_dir / "result.json").write_text(json.dumps(result))
-    return {**result, "scalars": read_scalars(run_dir)}
+    (job_dir / "result.json").write_text(json.dumps(result))
+    return {**result, "scalars": read_scalars(job_dir)}
 
 
 def _fit_here(args: list[str], log) -> int:
     """``icrl fit`` in this process, its output into ``log``; the exit code ``icrl`` would give."""
-    import torch
-
-    from icrl.callbacks import NonFiniteLossError
-    from icrl.cli import cli_main
-
     quiet = logging.getLogger("lightning.pytorch"), logging.getLogger("lightning.fabric")
     levels = [q.level for q in quiet]
     threads = torch.get_num_threads()
@@ -230,7 +201,7 @@ def _fit_here(args: list[str], log) -> int:
         for q in quiet:
             q.setLevel(logging.WARNING)
         try:
-            cli_main(args, cli_class=warm_cli())
+            cli_main(args, cli_class=WarmCLI)
         except SystemExit as exit_:  # the CLI's config errors: exit 2
             code = exit_.code if isinstance(exit_.code, int) else 1
         except NonFiniteLossError as err:

@@ -38,16 +38,20 @@ class Point:
 
     ``name`` is readable (``alpha=0.5,lr=0.1``): it names the point's run folders, so TensorBoard
     lists the runs by their overrides; ``values`` are the overrides as the summary's columns.
+    ``model`` and ``params`` are what ``icrl-reproduce`` draws it as: its line's name and its
+    coordinates in the figures (α, η, N, heads, …).
     """
 
     name: str
     config: str
     args: tuple[str, ...] = ()
     values: dict = field(default_factory=dict, hash=False, compare=False)
+    model: str = field(default="", hash=False, compare=False)
+    params: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
-class SweepSpec:
+class SweepFile:
     points: tuple[Point, ...]
     seeds: tuple[int, ...] = (0,)
     metrics: tuple[str, ...] = ()  # empty: every val/ scalar
@@ -82,46 +86,41 @@ def safe(text: str) -> str:
 def grid_points(config: str, grid: dict[str, list], shared: dict | None = None,
                 args: tuple[str, ...] = ()) -> list[Point]:
     """Every combination of ``grid``'s values: the ``shared`` overrides, the point's, then the raw ``args``."""
-    keys = list(grid)
-    points = []
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        values = dict(zip(keys, combo))
-        points.append(Point(point_name(values), config, (*overrides(shared or {}), *overrides(values), *args),
-                            values))
-    return points
+    combos = (dict(zip(grid, combo)) for combo in itertools.product(*grid.values()))
+    return [Point(point_name(v), config, (*overrides(shared or {}), *overrides(v), *args), v) for v in combos]
 
 
-def load(path: str | Path) -> SweepSpec:
+def load(path: str | Path) -> SweepFile:
     """Read a sweep YAML; ``ValueError`` naming the setting for anything malformed."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no sweep file at {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: a sweep file is a mapping with keys {sorted(KEYS)}, got {type(spec).__name__}")
-    unknown = set(spec) - KEYS
+    sweep = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(sweep, dict):
+        raise ValueError(f"{path}: a sweep file is a mapping with keys {sorted(KEYS)}, got {type(sweep).__name__}")
+    unknown = set(sweep) - KEYS
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(KEYS)}")
-    if "config" not in spec:
+    if "config" not in sweep:
         raise ValueError(f"{path}: 'config' (the base icrl fit config, relative to the sweep file) is required")
-    config = (path.parent / spec["config"]).resolve()
+    config = (path.parent / sweep["config"]).resolve()
     if not config.is_file():
         raise ValueError(f"{path}: config: no file at {config}")
-    grid = spec.get("grid") or {}
+    grid = sweep.get("grid") or {}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
     for name in ("set", "grid"):
-        if not isinstance(spec.get(name) or {}, dict):
-            raise ValueError(f"{path}: '{name}' must map dotted icrl fit settings to values, got {spec[name]!r}")
-    seeds = spec.get("seeds", [0])
+        if not isinstance(sweep.get(name) or {}, dict):
+            raise ValueError(f"{path}: '{name}' must map dotted icrl fit settings to values, got {sweep[name]!r}")
+    seeds = sweep.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
             or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
-    args = spec.get("args") or []
-    metrics = spec.get("metrics") or []
+    args = sweep.get("args") or []
+    metrics = sweep.get("metrics") or []
     for name, value in (("args", args), ("metrics", metrics)):
         if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
             raise ValueError(f"{path}: '{name}' must be a list of strings, got {value!r}")
-    points = grid_points(str(config), grid, spec.get("set"), tuple(args))
-    return SweepSpec(tuple(points), tuple(seeds), tuple(metrics))
+    points = grid_points(str(config), grid, sweep.get("set"), tuple(args))
+    return SweepFile(tuple(points), tuple(seeds), tuple(metrics))
