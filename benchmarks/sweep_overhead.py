@@ -35,12 +35,12 @@ ONE_STEP = ("--data.context_length", "16", "--data.batch_size", "8", "--data.n_v
 
 def timed_sweep(backend: str, jobs: int, runs: int, root: Path) -> float:
     """Seconds per run of a sweep of ``runs`` one-step runs (distinct seeds), Ray's start-up included."""
-    from icrl.sweep import run_sweep
+    from icrl.sweep import plan_sweep, run_sweep
     from icrl.sweep.grid import Point
 
     start = time.perf_counter()
-    run_sweep([Point("one-step", str(CONFIG), ONE_STEP)], list(range(runs)), root / f"{backend}-{jobs}", backend, jobs,
-              progress=False)
+    planned = plan_sweep([Point("one-step", str(CONFIG), ONE_STEP)], list(range(runs)), root / f"{backend}-{jobs}")
+    run_sweep(planned, backend, jobs, progress=False)
     return (time.perf_counter() - start) / runs
 
 

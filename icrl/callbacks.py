@@ -6,6 +6,7 @@ import math
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -110,7 +111,10 @@ class HParamsSummary(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         writer = trainer.logger.experiment._get_file_writer()
-        for summary in hparams_summary(self.params, metrics):  # TensorBoard reads each metric's last value
+        # the session's settings and status only: a run's own experiment summary would fix the tab's columns to
+        # that run's (TensorBoard shows the first it finds), hiding the other family's settings and metrics
+        _, session_start, session_end = hparams_summary(self.params, metrics)
+        for summary in (session_start, session_end):  # TensorBoard reads each metric's last value
             writer.add_summary(summary)
         writer.flush()
 
@@ -123,3 +127,27 @@ class SaveStageConfig(SaveConfigCallback):
         if stage != "fit":
             self.config_filename = f"{stage}-config.yaml"
         super().setup(trainer, pl_module, stage)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """The training bar counts optimizer steps up to ``max_steps``: a resumed run's bar goes on from its step,
+    with the time left. The training streams are endless, so Lightning's bar would show one epoch of ``n/?``;
+    it is named by the epoch only where the data module has epochs (``steps_per_epoch``)."""
+
+    def on_train_epoch_start(self, trainer: Trainer, *_) -> None:
+        super().on_train_epoch_start(trainer, *_)
+        bar = self.train_progress_bar
+        bar.total = trainer.max_steps if trainer.max_steps > 0 else None
+        bar.n = bar.last_print_n = bar.initial = trainer.global_step  # the rate and time left count this run's steps
+        bar.set_description(self._describe(trainer))
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
+        if trainer.global_step % self.refresh_rate == 0:
+            self.train_progress_bar.set_description(self._describe(trainer), refresh=False)
+
+    @staticmethod
+    def _describe(trainer: Trainer) -> str:
+        per_epoch = getattr(trainer.datamodule, "steps_per_epoch", None)
+        return f"Epoch {int(trainer.global_step // per_epoch)}" if per_epoch else "Training"
+

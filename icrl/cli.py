@@ -1,23 +1,18 @@
 """``icrl fit`` / ``validate`` / ``test``: a LightningCLI over every icrl model and data module.
 
-``icrl fit --config configs/recall/fig1/reparam-linear-fa.yaml`` trains a paper model; any LightningModule /
-LightningDataModule can be named with ``class_path``. A data module's ``task`` (a plain dict: vocabulary sizes,
-α, dimensions, ...) is linked into the model's ``task`` argument: the model is built for the data it will see.
-
-A run logs into ``<default_root_dir>/lightning_logs/<name>/version_N`` (``log_dir``): TensorBoard's
-event files and ``scalars.csv``, every logged scalar as ``tag,step,value,time`` rows (``icrl.scalars``;
-what a sweep reads back). Every fit ends with a validation and ``<log_dir>/checkpoints/last.ckpt``
-(``icrl.checkpoints``); ``--ckpt_path`` of such a checkpoint resumes exactly, logging on into the
-checkpoint's own folder. Exit status: 0 done, 1 a non-finite loss, 2 a bad setting (one line, before
-any step), 130 / 143 stopped by SIGINT / SIGTERM (after writing a checkpoint and printing how to resume).
+Any LightningModule / LightningDataModule can be named with ``class_path``; a data module's ``task`` (a plain
+dict of the task's sizes) is linked into the model's ``task``, so the model is built for the data it will see.
+A run logs into ``<default_root_dir>/lightning_logs/<name>/version_N`` (``log_dir``): TensorBoard's events and
+``scalars.csv`` (``icrl.scalars``). Every fit ends with a validation and ``<log_dir>/checkpoints/last.ckpt``
+(``icrl.checkpoints``), which ``--ckpt_path`` resumes exactly, logging on into the same folder. Exit status:
+0 done, 1 a non-finite loss, 2 a bad setting (one line, before any step), 130 / 143 stopped by SIGINT / SIGTERM
+(after writing a checkpoint and printing how to resume).
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
+import logging
 import os
-import pydoc
 import re
 import shlex
 import shutil
@@ -27,71 +22,54 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import icrl.recall
 import icrl.regression  # noqa: F401  (their classes are known to the parser by their short names)
-from icrl.callbacks import HParamsSummary, NonFiniteGuard, NonFiniteLossError, SaveStageConfig
+from icrl.arguments import IcrlArgumentParser, check_yaml, config_files, one_line  # noqa: F401  (one_line: the sweep's)
+from icrl.callbacks import HParamsSummary, NonFiniteGuard, NonFiniteLossError, SaveStageConfig, StepProgressBar
 from icrl.checkpoints import (EXIT_CODES, LastCheckpoint, StopCleanly, check_resume, differences, flat,
                               load_checkpoint, log_folder_of, training_signature)
-from icrl.scalars import ScalarFile
+from icrl.scalars import ScalarFile, TensorBoard
 
 DESCRIPTION = """Trains and evaluates icrl models. Models (--model): icrl.recall.RecallModule,
 icrl.regression.OneLayerRegression, icrl.regression.TransformerRegression; data (--data):
 icrl.recall.RecallDataModule, icrl.regression.TemplateRegressionDataModule. Short names work,
 e.g. --model.help RecallModule. The configs in configs/ set both."""
 REFRESH_RATE = 10  # a progress bar redrawn every step slows a CPU recall step (docs/performance.md)
-# Lightning's warnings on the validation sets' exact __len__ and, under torch 2.13, its own use of a torch API
-QUIET = r"Your `IterableDataset` has `__len__` defined|`isinstance\(treespec, LeafSpec\)` is deprecated"
+# Lightning's warnings on the validation sets' exact __len__, on a checkpoint's own callback (LastCheckpoint) absent
+# from validate/test and, under torch 2.13, on its own use of a torch API; and its advertisements for cloud services
+QUIET = (r"Your `IterableDataset` has `__len__` defined|callbacks used to create the checkpoint need to be provided|"
+         r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+TIP = "💡 Tip"
 CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 # a failed allocation: torch's RuntimeError (CUDA's OutOfMemoryError; the CPU's, on Linux or Windows) or a MemoryError
 OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
-
-
-def one_line(message: str) -> str:
-    """jsonargparse's nested message of a bad option, as one line naming the option and the closest accepted one.
-
-    >>> one_line('Parser key "data":\\n  Problem with given class_path \\'icrl.recall.RecallDataModule\\':\\n'
-    ...          "    Option 'alpah' is not accepted\\n  Given value: x")
-    "Option 'alpah' is not accepted by icrl.recall.RecallDataModule (--data.alpah); did you mean alpha?"
-    >>> one_line("Parser key \\"alpha\\":\\n  Expected a <class 'float'>. Got value: abc\\n  Given value type: str")
-    'Parser key "alpha": Expected a <class \\'float\\'>. Got value: abc'
-    """
-    option = re.search(r"Option '(\w+)' is not accepted", message)
-    cls = re.search(r"class_path '([\w.]+)'", message)
-    key = re.search(r'Parser key "([\w.]+)"', message)
-    if option and cls:
-        name, path = option[1], cls[1]
-        line = f"Option '{name}' is not accepted by {path}" + (f" (--{key[1]}.{name})" if key else "")
-        accepted = list(inspect.signature(target).parameters) if callable(target := pydoc.locate(path)) else []
-        close = difflib.get_close_matches(name, accepted, n=1)
-        return line + (f"; did you mean {close[0]}?" if close else f"; accepted: {', '.join(accepted)}")
-    if re.search(r"--(optimizer|lr_scheduler)\b", message):
-        return (f"{message.strip().splitlines()[0]}: the optimizer is the model's setting, e.g. "
-                "--model.optimizer torch.optim.Adam --model.optimizer.lr 1e-3")
-    return " ".join(message.partition("Given value type")[0].split())  # the type's repr only repeats the value
-
-
-class IcrlArgumentParser(LightningArgumentParser):
-    """Reports a bad option in one line (with the closest accepted name), not 60 lines of usage."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:
-            super().error(message, ex)
-        print(f"icrl: error: {one_line(message)}", file=sys.stderr)
-        self.exit(2)
 
 
 class IcrlCLI(LightningCLI):
     """LightningCLI with the data → model link, TensorBoard by default, clean stops and one-line errors."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        self.argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]  # for the resume command
+        self.argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
+        for p in (parser, *parser._subcommands_action._name_parser_map.values()):
+            p.argv = self.argv  # for errors naming a --config file
+        for path in config_files(self.argv):
+            try:
+                check_yaml(path)
+            except ValueError as err:
+                parser.error(str(err))
         super().parse_arguments(parser, args)
+
+    def _set_seed(self) -> None:
+        # as Lightning's, without its "Seed set to N" line (before a bad setting's one-line error; config.yaml has it)
+        seed = self._get(self.config, "seed_everything")
+        if seed is not False:
+            seed = seed_everything(None if seed is True else seed, workers=True, verbose=False)
+            (self.config[self.subcommand] if self.subcommand else self.config)["seed_everything"] = seed
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str, default="icrl", help="Experiment name: TensorBoard logs go to "
@@ -148,16 +126,24 @@ class IcrlCLI(LightningCLI):
                                                       training_signature(self.settings))
                 extra.append(self.last_checkpoint)
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
-            extra.append(TQDMProgressBar(refresh_rate=REFRESH_RATE))
+            extra.append(StepProgressBar(refresh_rate=REFRESH_RATE))
         if config.get("logger") in (None, True) and not config.get("fast_dev_run"):
             # Lightning's default TensorBoardLogger writes a meaningless hp_metric; a run of a checkpoint logs
             # into the checkpoint's own folder, so a resumed run's curves stay in one place.
             folder = log_folder_of(self.settings.get("ckpt_path"))
-            where = ((folder.parent, "", folder.name) if folder else
-                     (Path(config.get("default_root_dir") or ".") / "lightning_logs", self.settings["name"], None))
-            tensorboard = TensorBoardLogger(*where, default_hp_metric=False)
+            if folder:  # version_N as the number N, so the bar's v_num reads N
+                version = int(folder.name[8:]) if re.fullmatch(r"version_\d+", folder.name) else folder.name
+                tensorboard = TensorBoard(folder.parent, "", version, default_hp_metric=False)
+            else:
+                root = Path(config.get("default_root_dir") or ".") / "lightning_logs"
+                tensorboard = TensorBoard(root, self.settings["name"], default_hp_metric=False)
             config["logger"] = [tensorboard, ScalarFile(tensorboard.log_dir)]
-        return super()._instantiate_trainer(config, [*extra, *callbacks])
+        rank_zero, no_tips = logging.getLogger("lightning.pytorch.utilities.rank_zero"), lambda r: not str(r.msg).startswith(TIP)
+        rank_zero.addFilter(no_tips)
+        try:
+            return super()._instantiate_trainer(config, [*extra, *callbacks])
+        finally:
+            rank_zero.removeFilter(no_tips)
 
     def _run_subcommand(self, subcommand: str) -> None:
         trainer = self.trainer
@@ -197,8 +183,8 @@ class IcrlCLI(LightningCLI):
 
     def _announce(self) -> None:
         if self.trainer.is_global_zero and (logger := self.trainer.logger) is not None and logger.log_dir:
-            print(f"icrl: logging to {logger.log_dir}  (watch with: tensorboard --logdir {logger.root_dir})",
-                  file=sys.stderr)
+            watch = shlex.join([*tensorboard_command(), "--logdir", str(logger.root_dir)])
+            print(f"icrl: logging to {logger.log_dir}  (watch with: {watch})", file=sys.stderr)
 
     before_validate = before_test = _announce
 
@@ -215,12 +201,25 @@ class IcrlCLI(LightningCLI):
             sys.exit(EXIT_CODES[signum])
 
 
+def tensorboard_command() -> list[str]:
+    """How to start this environment's TensorBoard from here: ``tensorboard`` when the shell finds this one,
+    else its script's path (``.venv/bin/tensorboard`` in a venv not activated)."""
+    script = Path(sys.executable).with_name("tensorboard")
+    if not script.is_file():
+        return [sys.executable, "-m", "tensorboard.main"]
+    if (found := shutil.which("tensorboard")) and Path(found).resolve() == script.resolve():
+        return ["tensorboard"]
+    relative = os.path.relpath(script)
+    return [relative if not relative.startswith("..") else str(script)]
+
+
 def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[IcrlCLI] = IcrlCLI) -> IcrlCLI:
     """The CLI on ``args`` (default: ``sys.argv``); ``cli_class``: a subclass needing the same parser (the sweep's)."""
     return cli_class(
         LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args, run=run,
         parser_class=IcrlArgumentParser,
-        parser_kwargs={"description": DESCRIPTION, **{s: {"description": DESCRIPTION} for s in ("fit", "validate", "test")}},
+        parser_kwargs={"description": DESCRIPTION, "allow_abbrev": False,  # --trainer.max_step is not max_steps
+                       **{s: {"description": DESCRIPTION, "allow_abbrev": False} for s in ("fit", "validate", "test")}},
         save_config_callback=SaveStageConfig, save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the optimizer is the model's setting only (no top-level --optimizer)
     )

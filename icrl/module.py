@@ -23,12 +23,10 @@ class IcrlModule(LightningModule):
         self.optimizer = check_optimizer(optimizer or default)  # a bad lr fails here, not at step 0
 
     def is_logging_step(self) -> bool:
-        """True on the steps whose training scalars the logger writes, on the last step, and in fast_dev_run.
-
-        Each ``self.log`` call costs Lightning a pass over its result collection, so training steps log
-        only when the logger writes (``log_every_n_steps``; 0: the last step only), which leaves the
-        curves unchanged. Call it before ``optimizer.step()``. A run stopped early keeps its last logging
-        step's values, since a step cannot know it will be the last.
+        """True on the steps whose training scalars the logger writes (``log_every_n_steps``; 0: none), on the
+        last step, and in fast_dev_run; call it before ``optimizer.step()``. Each ``self.log`` costs Lightning a
+        pass over its results; logging only these steps leaves the curves unchanged (a run stopped early
+        keeps its last logging step's values).
 
         >>> from types import SimpleNamespace
         >>> trainer = SimpleNamespace(fast_dev_run=False, log_every_n_steps=50, max_steps=120)
@@ -37,6 +35,11 @@ class IcrlModule(LightningModule):
         """
         trainer, step, every = self.trainer, self.global_step + 1, self.trainer.log_every_n_steps
         return bool(trainer.fast_dev_run) or step == trainer.max_steps or (every > 0 and step % every == 0)
+
+    def log_epoch(self) -> None:
+        """Logs ``train/epoch``, the epochs trained, where the training set is finite (``steps_per_epoch``)."""
+        if per_epoch := getattr(self.trainer.datamodule, "steps_per_epoch", None):
+            self.log("train/epoch", (self.global_step + 1) / per_epoch)
 
     def metric_inputs(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, tuple[Tensor, ...]]:
         """The arguments of ``update`` of each metric of this dataloader, by name (extra names are ignored)."""

@@ -1,9 +1,7 @@
-"""Normalized gradient descent (docs/science.md §R.5).
+"""Normalized gradient descent (docs/science.md §R.5): ``θ ← θ − η · g / ‖g‖₂``, per tensor (the paper's rule).
 
-``θ ← θ − η · g / ‖g‖₂``, with the norm taken per parameter tensor (the paper's rule) or once over
-all tensors of a parameter group (``global_norm=True``). A tensor whose gradient norm is zero is
-left unchanged: zero-initialised models have such tensors on their first step, and dividing by
-zero there would write NaNs.
+A tensor whose gradient norm is zero is left unchanged: zero-initialised models have such tensors on their
+first step, and dividing by zero there would write NaNs.
 """
 
 from __future__ import annotations
@@ -35,12 +33,8 @@ def normalized_gd_step(params: list[Tensor], grads: list[Tensor], lr: float, glo
 
 
 class NormalizedGD(torch.optim.Optimizer):
-    """Normalized gradient descent, selectable from YAML as ``icrl.optim.NormalizedGD``.
-
-    Args:
-        params: parameters or parameter groups.
-        lr: step size ``η`` (> 0); each tensor moves exactly ``η`` in Euclidean norm per step.
-        global_norm: normalise by one norm over all tensors of a group instead of per tensor.
+    """Normalized gradient descent (YAML ``icrl.optim.NormalizedGD``): each tensor of ``params`` moves exactly
+    ``lr`` = ``η`` > 0 in Euclidean norm a step, or, with ``global_norm``, each group by one norm over its tensors.
 
     >>> w = torch.nn.Parameter(torch.tensor([0.0, 2.0]))
     >>> opt = NormalizedGD([w], lr=0.1)
@@ -66,8 +60,7 @@ class NormalizedGD(torch.optim.Optimizer):
 
 
 def check_optimizer(optimizer: Callable[[Iterable], torch.optim.Optimizer]) -> Callable:
-    """Build ``optimizer`` once on a dummy parameter, so a bad setting (say ``lr <= 0``) is refused
-    when the module is made, before any training starts; returns ``optimizer`` unchanged.
+    """Build ``optimizer`` once on a dummy parameter, so a bad setting (``lr <= 0``) is refused before training.
 
     >>> check_optimizer(lambda params: torch.optim.SGD(params, lr=-1.0))
     Traceback (most recent call last):

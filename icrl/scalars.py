@@ -5,16 +5,17 @@ TensorBoard logger (``logger=[tensorboard, ScalarFile(tensorboard.log_dir)]``): 
 ``tag,step,value,time`` per logged scalar to ``<dir>/scalars.csv`` (``time``: Unix seconds),
 flushed at every call, so a killed run keeps what it logged. ``read_scalars`` reads every such file
 under a directory: a resumed run that logged into a second folder, or twice at a step, reads as one
-series (the later value wins).
+series (the later value wins). Neither logger keeps Lightning's ``epoch``: icrl's training sets are
+endless streams, where it stays 0 (a data module with epochs has its modules log ``train/epoch``).
 
 >>> import tempfile
 >>> root = tempfile.mkdtemp()
 >>> log = ScalarFile(root)
->>> log.log_metrics({"val/loss": 0.5, "train/loss": 0.7}, step=9)
+>>> log.log_metrics({"val/loss": 0.5, "train/loss": 0.7, "epoch": 0}, step=9)
 >>> log.log_metrics({"val/loss": 0.25}, step=19)
->>> steps, values, seconds = read_scalars(root)["val/loss"]
->>> steps, values, seconds[0]
-([9, 19], [0.5, 0.25], 0.0)
+>>> scalars = read_scalars(root)
+>>> sorted(scalars), scalars["val/loss"][:2], scalars["val/loss"][2][0]
+(['train/loss', 'val/loss'], [[9, 19], [0.5, 0.25]], 0.0)
 """
 
 from __future__ import annotations
@@ -23,10 +24,18 @@ import csv
 import time
 from pathlib import Path
 
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 FILE = "scalars.csv"
+HIDDEN = "epoch"  # Lightning's count of passes over the training loader
+
+
+class TensorBoard(TensorBoardLogger):
+    """Lightning's TensorBoard logger without its ``epoch`` scalar."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != HIDDEN}, step)
 
 
 class ScalarFile(Logger):
@@ -49,7 +58,7 @@ class ScalarFile(Logger):
         self._dir.mkdir(parents=True, exist_ok=True)
         now = time.time()
         with open(self._dir / FILE, "a", newline="") as f:
-            csv.writer(f).writerows([tag, step, float(value), now] for tag, value in metrics.items())
+            csv.writer(f).writerows([tag, step, float(value), now] for tag, value in metrics.items() if tag != HIDDEN)
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:  # TensorBoard keeps those
         pass

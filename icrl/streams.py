@@ -21,10 +21,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 def generator(*key: int) -> torch.Generator:
     """A CPU generator seeded from an integer key (64 bits of a ``numpy.random.SeedSequence``).
 
-    The entropy is the key's length, then each entry (``0 <= k < 2^64``) as two 32-bit words, so two
-    keys seed the same generator only if they are equal: ``SeedSequence`` pads short entropy with
-    zeros and splits large integers into words, so the plain key would give ``(7, 1)`` the stream of
-    ``(7, 1, 0, 0)``.
+    The entropy is the key's length, then each entry (``0 <= k < 2^64``) as two 32-bit words: the plain
+    key would give ``(7, 1)`` the stream of ``(7, 1, 0, 0)`` (``SeedSequence`` pads with zeros).
 
     >>> x = torch.rand(2, generator=generator(0, 1, 5))
     >>> torch.equal(x, torch.rand(2, generator=generator(0, 1, 5))), torch.equal(x, torch.rand(2, generator=generator(0, 1, 6)))
@@ -44,31 +42,11 @@ def rank_and_world(trainer) -> tuple[int, int]:
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
-def check_batch_memory(batch_size: int, example_bytes: int) -> None:
-    """Refuses a training batch that alone would fill half of this machine's memory.
-
-    A batch is drawn on the CPU before any step; past the memory, Linux kills the process rather than
-    failing an allocation, so there would be no error to report.
-
-    >>> check_batch_memory(2**40, 8)
-    Traceback (most recent call last):
-    ...
-    ValueError: data.batch_size=1099511627776: one training batch takes 8192.0 GiB (8 bytes an example), ...
-    """
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if example_bytes * batch_size > memory / 2:
-        raise ValueError(
-            f"data.batch_size={batch_size}: one training batch takes {example_bytes * batch_size / 2**30:.1f} GiB "
-            f"({example_bytes} bytes an example), more than half of this machine's {memory / 2**30:.1f} GiB of memory; "
-            "lower data.batch_size")
-
-
 class BatchStream(IterableDataset):
     """Endless stream of whole batches ``batch(start), batch(start + 1), …``; subclasses define ``batch``.
 
     Worker ``w`` of ``W`` yields batches ``start + w, start + w + W, …``, which the DataLoader takes
-    round-robin: the same stream for any number of workers, and a resumed run sets ``start`` to the
-    batches already consumed.
+    round-robin: the same stream for any number of workers.
 
     >>> class Squares(BatchStream):
     ...     def batch(self, i):
@@ -92,11 +70,9 @@ class BatchStream(IterableDataset):
 class FixedBatches(IterableDataset):
     """A fixed set (validation, test) in batches of views; under DDP, this rank's contiguous share.
 
-    An iterable, so Lightning adds no ``DistributedSampler``, which would pad a rank's share with
-    repeated batches: here every example is scored by exactly one rank, and metrics summed over
-    ranks equal one process's. Whole batches, not examples: re-stacking single examples
-    (``default_collate``) would be most of a validation's time. ``shared`` entries (tables common
-    to all examples) go into every batch as they are.
+    An iterable, so Lightning adds no ``DistributedSampler`` to pad a rank's share with repeated batches:
+    every example is scored by one rank. Whole batches, since re-stacking single examples would be most
+    of a validation's time; ``shared`` entries (tables common to all examples) go into every batch whole.
 
     >>> data = {"x": torch.arange(5)}
     >>> [b["x"].tolist() for b in FixedBatches(data, 2)]
@@ -122,13 +98,8 @@ class FixedBatches(IterableDataset):
 
 
 class StreamLoader(DataLoader):
-    """The training DataLoader over a ``BatchStream`` (``batch_size=None``).
-
-    Without workers (and without ``pin_memory``) it iterates the stream itself: the DataLoader's
-    own iterator would only wrap each batch in a profiler record and rebuild its dict
-    (``default_convert``) for the same tensors (docs/performance.md §3). With workers it is an
-    ordinary DataLoader.
-    """
+    """The training DataLoader over a ``BatchStream``; without workers (or ``pin_memory``) it iterates the
+    stream itself, which the DataLoader's iterator would only wrap and re-convert (docs/performance.md §3)."""
 
     def __iter__(self):
         if self.num_workers == 0 and not self.pin_memory:
@@ -139,12 +110,10 @@ class StreamLoader(DataLoader):
 class StreamDataModule(LightningDataModule):
     """A training stream that a resumed run continues, and fixed validation and test sets.
 
-    ``batches_consumed`` (optimizer steps × gradient accumulation) travels in the checkpoint; a
-    subclass passes it as the ``start`` of its ``BatchStream`` and builds its loader with
-    ``stream_loader``. ``num_workers`` DataLoader workers draw the training batches (0: the main
-    process; the stream is the same either way). A subclass draws its fixed sets in ``eval_sets``;
-    its validation and test dataloaders are one ``FixedBatches`` a set, of this process's share.
-    ``example_bytes``, one training example's size, refuses a batch beyond the memory at once.
+    ``batches_consumed`` (optimizer steps × gradient accumulation) travels in the checkpoint; a subclass
+    passes it as the ``start`` of its ``BatchStream`` and builds its loader with ``stream_loader``. It
+    draws its fixed sets in ``eval_sets``, served as one ``FixedBatches`` a set. ``example_bytes``, one
+    training example's size, refuses a batch beyond the memory at once.
     """
 
     def __init__(self, batch_size: int, n_val: int, val_batch_size: int, seed: int, val_seed: int, num_workers: int,
@@ -158,11 +127,26 @@ class StreamDataModule(LightningDataModule):
                 raise ValueError(f"{name} must be an integer >= 0, got {name}={value}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
-        check_batch_memory(batch_size, example_bytes)
+        # a batch is drawn on the CPU before any step; past the memory Linux kills the process, with no error
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if example_bytes * batch_size > memory / 2:
+            raise ValueError(
+                f"data.batch_size={batch_size}: one training batch takes {example_bytes * batch_size / 2**30:.1f} GiB "
+                f"({example_bytes} bytes an example), more than half of this machine's {memory / 2**30:.1f} GiB of "
+                "memory; lower data.batch_size")
         self.batch_size, self.n_val, self.val_batch_size = batch_size, n_val, val_batch_size
         self.seed, self.val_seed = seed, val_seed
         self.num_workers, self.example_bytes = num_workers, example_bytes
         self.batches_consumed = 0
+        self.train_size: int | None = None  # a finite training set's examples; None: an endless stream
+
+    @property
+    def steps_per_epoch(self) -> float | None:
+        """Optimizer steps to draw ``train_size`` examples over all processes; ``None`` (no epochs) for a stream."""
+        if self.train_size is None:
+            return None
+        world, accumulate = (self.trainer.world_size, self.trainer.accumulate_grad_batches) if self.trainer else (1, 1)
+        return self.train_size / (self.batch_size * world * accumulate)
 
     def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
         """The fixed sets of ``stage`` (``"val"``, ``"test"``), one a dataloader, each ``n_val`` examples."""

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "icrl"
 LAYERS = (
     ("science", ("icrl", "icrl.recall", "icrl.regression", "icrl.optim", "icrl.streams", "icrl.module")),
     ("machinery", ("icrl.checkpoints", "icrl.callbacks", "icrl.scalars")),
-    ("cli", ("icrl.cli",)),
+    ("cli", ("icrl.arguments", "icrl.cli")),
     ("sweep", ("icrl.sweep",)),
     ("reproduce", ("icrl.reproduce",)),
     ("entry", ("icrl.__main__",)),

@@ -6,10 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from icrl.reproduce import experiments, main, parse_fit_args
+from icrl.recall.task import entropy
+from icrl.reproduce import experiments, main, parse_fit_args, plots
 from icrl.reproduce.experiments import Check, label, matches
 from icrl.reproduce.plan import configs_dir, plan
-from icrl.reproduce.results import check_rows, value_rows
+from icrl.reproduce.results import check_rows, section, value_rows
 from icrl.scalars import read_scalars
 from icrl.sweep.tables import end_values, fmt_values
 
@@ -254,8 +255,82 @@ def test_plan_shares_points_and_scopes_fit_args():
 def test_a_failed_run_is_reported_and_the_rest_still_written(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["recall-margins", *TINY, "--steps", "5", "--out", str(tmp_path),
-              "--fit-args", "recall/fig1/origin-*:--model.init_args.d_model 8"])  # d_model < 2N: a config error
+              # plain SGD at lr 1e38 overflows the Origin model's logits: a non-finite loss
+              "--fit-args", "recall/fig1/origin-*:--model.init_args.optimizer torch.optim.SGD "
+                            "--model.init_args.optimizer.init_args.lr 1e38"])
     assert "1 run(s) failed" in str(exit_info.value.code)
     text = (tmp_path / "results.md").read_text()
-    assert "| Origin-Linear-FA (α=0.5) (failed: seed 0) | — |" in text
+    assert [line.split(" | ")[0] for line in text.splitlines() if "(failed:" in line] == [
+        "| Origin-Linear-FA (α=0.5) (failed: seed 0)"]
     assert "| Reparam-Linear-FA (α=0.5) | 5 |" in text
+
+
+# --- the figures, on hand-made numbers -----------------------------------------------------------
+
+def drawn(exp, data, out, monkeypatch) -> dict:
+    """Draw ``exp`` through ``plots.draw_experiment``: its matplotlib figures, by PNG name, as saved."""
+    from matplotlib.figure import Figure
+
+    figures, save = {}, Figure.savefig
+
+    def keep(fig, path, **kwargs):
+        figures[path.stem] = fig
+        save(fig, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    paths = plots.draw_experiment(exp, data, out)
+    assert [p.name for p in paths] == [f"{f.name}.png" for f in exp.figures] and all(p.exists() for p in paths)
+    return figures
+
+
+def test_figure_legend_and_title_fit_inside_the_figure(tmp_path, monkeypatch):
+    exp = experiments()["recall-fig1"]
+    # gaps of 0 are drawn at the floor, so the title carries its note too
+    metrics = ("val/bayes_gap", "val/ood_bayes_gap", "val/p_output_ood", "val/p_noise_ood")
+    fig = drawn(exp, {p: seeds({m: [0.0, 1e-3] for m in metrics}) for p in exp.points}, tmp_path,
+                monkeypatch)["recall-fig1-loss"]
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == 6  # the five models and the value-scaled softmax
+    assert "drawn at 1e-07" in fig.get_suptitle()
+    page = fig.bbox
+    for artist in (legend, fig._suptitle):
+        box = artist.get_window_extent()
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, artist
+
+
+def test_sweep_points_beside_a_theory_curve_are_not_joined(tmp_path, monkeypatch):
+    exp = experiments()["recall-alpha-sweep"]
+    # every model at the Bayes risk: segments between α = 0.2, 0.5, 0.8 would run below the concave H(α)
+    data = {p: seeds({m: [entropy(p.params["alpha"])] * 2 for m in ("val/expected_loss", "val/ood_expected_loss",
+                                                                     "val/p_noise_ood")}) for p in exp.points}
+    ax = drawn(exp, data, tmp_path, monkeypatch)["recall-alpha-sweep"].axes[0]
+    runs = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert sorted(runs) == ["Origin-Linear-FA", "Reparam-Linear-FA", "Reparam-Linear-W-FA"]
+    for line in runs.values():
+        assert line.get_linestyle() == "None" and line.get_marker() == "o"
+        np.testing.assert_allclose(line.get_ydata(), [entropy(a) for a in (0.2, 0.5, 0.8)])
+    (theory,) = [line for line in ax.lines if line.get_label() == "Bayes risk H(α)"]
+    np.testing.assert_allclose(theory.get_ydata(), [entropy(a) for a in theory.get_xdata()])
+    # without a theory curve the points are joined
+    exp = experiments()["regression-heads-vs-n"]
+    ax = drawn(exp, {p: seeds({"val/loss": [1.0, 2.0], "val/ridge_gap": [0.1, 0.2]}) for p in exp.points}, tmp_path,
+               monkeypatch)["regression-heads-vs-n"].axes[1]
+    assert sorted(c.get_label() for c in ax.containers) == ["N = 10", "N = 30", "N = 60"]
+    assert all(c.lines[0].get_linestyle() == "-" for c in ax.containers)
+
+
+def test_regression_fig2_unseen_examples_panel_has_its_ridge_line(tmp_path, monkeypatch):
+    exp = experiments()["regression-fig2"]
+    losses = ("train/loss", "val/loss", "val/unseen_example_loss", "val/unseen_task_loss", "val/ridge_loss",
+              "val/unseen_task_ridge_loss")
+    data = {p: seeds({**{m: [1.0, 1.0] for m in losses}, "val/unseen_example_ridge_loss": [0.4 + 0.1 * i, 0.6 + 0.1 * i]})
+            for i, p in enumerate(exp.points)}
+    fig = drawn(exp, data, tmp_path, monkeypatch)["regression-fig2"]
+    ridges = {ax.get_title(): [line.get_ydata()[0] for line in ax.lines if line.get_label().startswith("ridge")]
+              for ax in fig.axes if ax.get_visible()}
+    # the mean end value over seeds and runs: (0.5 + 0.6 + 0.7) / 3
+    assert ridges["unseen examples (the K − N unlabelled tokens)"] == [pytest.approx(0.6)]
+    assert all(len(lines) == 1 for title, lines in ridges.items() if "distance to ridge" not in title)
+    # the 4-layer curves may stop early: the note under the figure says why
+    text = section(exp, data, [], False, [0, 1])
+    assert "The 4-layer baseline at the paper's size is a GPU job" in text and "--fit-args" in text

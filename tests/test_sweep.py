@@ -15,7 +15,7 @@ import yaml
 
 from conftest import ROOT
 from icrl.scalars import read_scalars
-from icrl.sweep import backends, main, run_sweep
+from icrl.sweep import backends, main, plan_sweep, run_sweep
 from icrl.sweep.grid import Point, grid_points, load
 from icrl.sweep.job import fit_args, plan_job, resolve, train_job
 
@@ -107,34 +107,42 @@ def test_runs_in_one_warm_process_share_the_parsers_not_the_arguments(tmp_path):
         assert saved == expected | {"trainer": expected["trainer"] | {"default_root_dir": job["dir"]}}
         callbacks = [c["class_path"] for c in saved["trainer"].get("callbacks") or []]
         assert not any("LearningRateMonitor" in c for c in callbacks), callbacks  # the first run's own
+    # the classes of another family's point build with their own settings after a recall run in this process
+    # (Lightning's instantiators would hand the data module the last run's hyper-parameters)
+    regression = ROOT / "configs" / "regression" / "fig4-heads.yaml"
+    assert "heads: 8" in resolve(str(regression), ["--model.init_args.heads", "8"], 0, build=True)
 
 
-def test_a_failed_run_is_listed_and_the_others_finish(tmp_path, capsys):
+def test_a_non_finite_run_is_listed_and_the_others_finish(tmp_path, capsys):
+    # lr 1e30 under normalized GD or Adam stays finite; plain SGD at 1e38 overflows the Origin model's logits
     sweep = write_sweep(tmp_path / "sweep.yaml", BASE.with_name("origin-linear-fa.yaml"),
-                        grid={"model.init_args.d_model": [8, 128]}, seeds=[0])
+                        grid={"model.init_args.optimizer.init_args.lr": [1e38, 0.1]}, seeds=[0],
+                        args=["--model.init_args.optimizer", "torch.optim.SGD"])
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        main([str(sweep), "--out", str(out), "--no-progress"])  # d_model 8 < 2N: refused by the model
+        main([str(sweep), "--out", str(out), "--no-progress"])
     assert str(exit_info.value.code).startswith("icrl sweep: 1 run(s) failed")
     rows = summary_rows(out)
-    assert rows["d_model=8"]["seeds failed"] == "1" and rows["d_model=128"]["seeds ok"] == "1"
-    failed = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| d_model=8 | 0 |")]
-    assert len(failed) == 1 and "| 2 |" in failed[0]  # exit code 2: a bad setting
+    assert rows["lr=1e+38"]["seeds failed"] == "1" and rows["lr=0.1"]["seeds ok"] == "1"
+    failed = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| lr=1e+38 | 0 |")]
+    assert len(failed) == 1 and "| 1 |" in failed[0]  # exit code 1: a non-finite loss
     log = Path(failed[0].split("`")[1])
-    assert log.is_file() and "d_model" in log.read_text()
+    assert log.is_file() and "train/loss = nan" in log.read_text()
 
 
 @pytest.mark.parametrize("grid, message", [
     ({"data.alphax": [0.5]}, "Option 'alphax' is not accepted"),
     ({"data.alpha": []}, "grid.data.alpha must be a non-empty list"),
     ({"trainer.num_nodes": [2]}, "trainer.num_nodes 2: a sweep trains each run on one machine (allowed: 1)"),
-], ids=["unknown setting", "empty grid", "several nodes"])
+    ({"data.alpha": [0.5, 1.5]}, "point alpha=1.5 (config {BASE}): alpha must lie in [0, 1)"),  # by the data class
+    ({"model.init_args.d_model": [128, 8]}, "point d_model=8 (config {BASE}): d_model must be >= 2 * vocab_size"),
+], ids=["unknown setting", "empty grid", "several nodes", "bad alpha", "bad d_model"])
 def test_bad_sweep_is_refused_before_any_run(tmp_path, capsys, grid, message):
     sweep = write_sweep(tmp_path / "sweep.yaml", grid=grid)
     with pytest.raises(SystemExit) as exit_info:
         main([str(sweep), "--out", str(tmp_path / "out"), "--no-progress"])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert exit_info.value.code == 2 and message.format(BASE=BASE) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing trained or written, α = 0.5 neither
 
 
 def test_killed_sweep_keeps_finished_runs_and_resumes_the_other(tmp_path, trained):
@@ -189,8 +197,9 @@ def backend_sweep(tmp_path: Path, backend: str) -> dict:
     """3 points × 2 seeds, and a 2-process DDP run (seed 0): ``{(point name, seed): result}``."""
     shared = tuple(a for k, v in TINY.items() for a in (f"--{k}", str(v)))
     ddp = Point("ddp", str(BASE), (*shared, "--data.alpha", "0.5", *DDP))
-    done = run_sweep(grid_points(str(BASE), ALPHAS, TINY), [0, 1], tmp_path / backend, backend, jobs=2, progress=False)
-    done |= run_sweep([ddp], [0], tmp_path / backend, backend, jobs=2, progress=False)
+    done = run_sweep(plan_sweep(grid_points(str(BASE), ALPHAS, TINY), [0, 1], tmp_path / backend), backend, jobs=2,
+                     progress=False)
+    done |= run_sweep(plan_sweep([ddp], [0], tmp_path / backend), backend, jobs=2, progress=False)
     return {(p.name, s): r for (p, s), r in done.items()}
 
 

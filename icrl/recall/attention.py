@@ -1,8 +1,7 @@
 """Attention functions σ of docs/science.md §R.3, applied to the last position's scores over the context.
 
-Each is a tiny module mapping scores ``s`` of shape (B, T) to weights of shape (B, T). A model
-takes an instance (in YAML ``attention: icrl.recall.SoftmaxAttention``, a ``class_path``); add your
-own by subclassing ``Attention``:
+Each maps scores ``s`` (B, T) to weights (B, T). A model takes an instance (in YAML a ``class_path``,
+``attention: icrl.recall.SoftmaxAttention``); add your own by subclassing ``Attention``:
 
 >>> class SigmoidAttention(Attention):
 ...     def forward(self, scores):
@@ -34,16 +33,12 @@ class LinearAttention(Attention):
 
 
 class ReLUAttention(Attention):
-    """``σ(s) = max(s + shift, 0)``, with derivative 1 at ``s + shift = 0``.
+    """``σ(s) = max(s + shift, 0)``, with derivative 1 at ``s + shift = 0`` (docs/science.md §R.3).
 
-    The paper's parameterizations start from ``W = 0``, so all scores are 0 on the first step; with torch's
-    ``relu'(0) = 0`` no gradient would ever reach ``W`` (or ``λ``) and attention would never form.
-    Taking the right derivative at 0 (also a valid subgradient) lets it train.
-
-    ``shift = 1e-8`` is the first version's public code, ``relu(s + 1e-8)``: there ``σ(0) = 1e-8`` is
-    not 0, so the attention output of a zero-initialised model is tiny but not 0, normalized GD moves
-    ``V`` by η on the first step, and zero-initialised Origin-ReLU with feed-forward ``F`` or none
-    trains (with ``shift = 0`` it is refused, docs/science.md §R.6).
+    Every parameterization starts at ``W = 0``, where all scores are 0: with torch's ``relu'(0) = 0`` no
+    gradient would ever reach ``W``; the right derivative (a valid subgradient) lets it train.
+    ``shift = 1e-8`` is the first version's public code, ``relu(s + 1e-8)``, under which zero-initialised
+    Origin-ReLU with feed-forward ``F`` or none trains (with ``shift = 0`` it is refused, §R.4).
 
     >>> s = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
     >>> ReLUAttention()(s).sum().backward(); s.grad

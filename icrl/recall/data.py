@@ -22,11 +22,9 @@ TRAIN, VAL, OOD, FIXED, SHUFFLE, TEST, TEST_OOD = range(7)  # stream ids: no two
 def uniform_ints(low: int, high: int, n: int, bits: np.random.BitGenerator) -> np.ndarray:
     """``n`` int64 drawn independently and exactly uniformly from ``{low, …, high-1}``, ``0 ≤ low < high ≤ 2^16``.
 
-    The filler is most of a batch's random numbers, so it is drawn with 16 random bits per integer
-    (a quarter of a 64-bit word of ``bits``) mapped by Lemire's multiply-shift ``⌊c·k / 2^16⌋``,
-    ``k = high - low``, which is exactly uniform once the rare draws with
-    ``(c·k mod 2^16) < 2^16 mod k`` are rejected and drawn again; a few vectorised passes, about
-    three times faster than ``torch.randint`` (one 32-bit Mersenne-Twister draw per integer).
+    The filler is most of a batch's random numbers (docs/performance.md §1), so each integer takes 16
+    random bits ``c`` of ``bits``, mapped by Lemire's multiply-shift ``⌊c·k / 2^16⌋``, ``k = high - low``:
+    exactly uniform once the rare draws with ``(c·k mod 2^16) < 2^16 mod k`` are drawn again.
 
     >>> x = uniform_ints(5, 59, 100_000, np.random.SFC64(0))
     >>> x.dtype, int(x.min()), int(x.max()), len(np.unique(x))
@@ -55,11 +53,9 @@ def uniform_ints(low: int, high: int, n: int, bits: np.random.BitGenerator) -> n
 
 
 def sample_recall(task: RecallTask, batch_size: int, gen: torch.Generator, ood: bool = False) -> dict[str, Tensor]:
-    """Draw ``batch_size`` i.i.d. prompts; ``ood=True`` draws outputs from the unseen set.
+    """Draw ``batch_size`` i.i.d. prompts, vectorised; ``ood=True`` draws outputs from the unseen set.
 
-    Vectorised over the batch, no Python loop over samples. ``gen`` seeds a NumPy ``SFC64``
-    generator that draws the batch (cheaper than torch's generator, and than torch's per-op cost
-    on the small per-prompt arrays).
+    ``gen`` seeds the NumPy ``SFC64`` generator that draws the batch (cheaper than torch's per-op cost).
 
     >>> task = RecallTask(vocab_size=12, n_triggers=2, n_outputs=3, context_length=8, alpha=0.5)
     >>> b = sample_recall(task, 4, torch.Generator().manual_seed(0))
@@ -89,11 +85,8 @@ def sample_recall(task: RecallTask, batch_size: int, gen: torch.Generator, ood: 
 
 
 class RecallStream(BatchStream):
-    """Infinite stream of whole batches; batch ``i`` of rank ``r`` comes from generator (seed, r, i).
-
-    With ``fixed`` set, batches are drawn without replacement from that finite sample instead,
-    reshuffled each epoch (one epoch = ``len(fixed) // batch_size`` batches, over all ranks).
-    """
+    """Batch ``i`` of rank ``r`` comes from generator (seed, r, i); with ``fixed``, it is drawn without
+    replacement from that finite sample, reshuffled each epoch of ``len(fixed) // batch_size`` batches."""
 
     def __init__(self, task: RecallTask, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  start: int = 0, fixed: dict[str, Tensor] | None = None):
@@ -105,30 +98,19 @@ class RecallStream(BatchStream):
         if self.fixed is None:
             return sample_recall(self.task, self.batch_size, generator(self.seed, TRAIN, self.rank, i))
         n_batches = len(self.fixed["target"]) // self.batch_size
-        j = i * self.world_size + self.rank  # global batch index over ranks
-        epoch, pos = divmod(j, n_batches)
+        epoch, pos = divmod(i * self.world_size + self.rank, n_batches)  # of the global batch index over ranks
         perm = torch.randperm(len(self.fixed["target"]), generator=generator(self.seed, SHUFFLE, epoch))
         idx = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
         return {k: v[idx] for k, v in self.fixed.items()}
 
 
 class RecallDataModule(StreamDataModule):
-    """Streams recall prompts; validates in distribution and on unseen outputs (OOD).
+    """Streams recall prompts of ``RecallTask(vocab_size, …, alpha)``; validates in distribution and OOD.
 
-    Args:
-        vocab_size, n_triggers, n_outputs, context_length, alpha: the task (see ``RecallTask``);
-            ``alpha == 0`` is the noiseless task, ``alpha > 0`` the noisy one.
-        batch_size: training batch size per device.
-        n_samples: ``None`` for population training (a fresh batch every step), or the size of
-            one fixed training sample to cycle over (finite-sample training, docs/science.md §R.2).
-        seed: seed of the training stream (and of the finite sample).
-        n_val: size of each validation set (in distribution, OOD), and of each held-out test set;
-            ``val_seed`` fixes them (the test sets are other streams of it).
-        val_batch_size: batch size for validation.
-        num_workers: DataLoader workers; sampling is cheap, so 0 is usually fastest.
-
-    Validation (and test) dataloaders: ``[in-distribution, OOD]``; under DDP each process scores its
-    own contiguous share of each set, so the metrics are those of one process.
+    ``n_samples``: ``None`` for population training (a fresh batch every step), or the size of one
+    fixed sample drawn from ``seed`` to cycle over (finite-sample training, §R.2). ``batch_size`` is per
+    device; ``num_workers`` 0 is usually fastest (sampling is cheap). Validation (and test) sets:
+    ``[in-distribution, OOD]`` of ``n_val`` prompts each, from ``val_seed``.
     """
 
     def __init__(self, vocab_size: int = 60, n_triggers: int = 5, n_outputs: int = 4, context_length: int = 256,
@@ -139,7 +121,7 @@ class RecallDataModule(StreamDataModule):
         if n_samples is not None and n_samples < batch_size:
             raise ValueError(f"n_samples must be None (population) or >= batch_size={batch_size}, got n_samples={n_samples}")
         self.recall_task = RecallTask(vocab_size, n_triggers, n_outputs, context_length, alpha)
-        self.n_samples = n_samples
+        self.n_samples = self.train_size = n_samples
         self._fixed = None
 
     @property
@@ -164,14 +146,11 @@ class RecallDataModule(StreamDataModule):
         return {**task.as_dict(), "alpha_hat": alpha_hat}
 
     def train_dataloader(self) -> StreamLoader:
-        rank, world = rank_and_world(self.trainer)
-        stream = RecallStream(self.recall_task, self.batch_size, self.seed, rank, world, self.batches_consumed,
-                              self.fixed_sample)
+        stream = RecallStream(self.recall_task, self.batch_size, self.seed, *rank_and_world(self.trainer),
+                              self.batches_consumed, self.fixed_sample)
         return self.stream_loader(stream)
 
     def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
-        """The fixed ``[in-distribution, OOD]`` sets of ``n_val`` prompts each, drawn from ``val_seed``;
-        ``stage="test"`` gives the held-out test sets (other streams of the same seed)."""
         streams = (VAL, OOD) if stage == "val" else (TEST, TEST_OOD)
         return [sample_recall(self.recall_task, self.n_val, generator(self.val_seed, stream), ood=ood)
                 for stream, ood in zip(streams, (False, True))]

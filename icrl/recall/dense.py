@@ -1,8 +1,7 @@
 """The recall model of docs/science.md §R.3 as written, with the inputs ``X`` (B, T, d) built densely.
 
-The reference that the model's gather/scatter path is checked against (tests/test_recall_model.py)
-and timed against (benchmarks/recall_step.py): the model's own ``W``, ``V``, ``F``, ``U``, ``κ`` and
-``σ``, applied as the equations read, at a cost of O(B·T·d) time and memory.
+The model's own ``W``, ``V``, ``F``, ``U``, ``κ`` and ``σ`` applied as the equations read, at O(B·T·d) time
+and memory: the reference its gather/scatter path is tested and benchmarked against.
 """
 
 from __future__ import annotations

@@ -1,18 +1,13 @@
-"""``RecallImages``: pictures of the recall mechanism in TensorBoard, every validation.
+"""``RecallImages``: pictures of the recall mechanism in TensorBoard, from the first validation batch.
 
-Two images per validation, from the first in-distribution validation batch:
+- ``recall/attention``: the last position's attention ``σ(s)_h`` over one prompt's context, with the
+  trigger ``q = z_{T-1}``'s earlier positions ``p`` and the tokens after them (``p+1``: ``y``, or τ on the
+  noisy task) marked; a model that recalls puts its weight on ``p+1``.
+- ``recall/logits``: that prompt's ``ξ_A`` and ``ξ_F`` over the vocabulary, and histograms over the batch
+  of the margins ``ξ_{A,y} − max_{k≠y} ξ_{A,k}`` and ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}`` (docs/science.md §R.6).
 
-- ``recall/attention``: the last position's attention ``σ(s)_h`` over the context of one prompt,
-  with the bigram positions marked: where the trigger ``q = z_{T-1}`` occurs (``p < T-1``) and the
-  token after it (``p+1``: the output ``y``, or the noise ``τ`` on the noisy task). A model that
-  has learned to recall puts its weight on ``p+1``.
-- ``recall/logits``: that prompt's logits ``ξ_A`` (attention) and ``ξ_F`` (feed-forward) over the
-  vocabulary with ``y`` and ``τ`` marked, and histograms over the batch of the margins
-  ``ξ_{A,y} − max_{k≠y} ξ_{A,k}`` and ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}`` (docs/science.md §R.6).
-
-Add it to any recall run: ``icrl fit --config ... --trainer.callbacks+=icrl.recall.images.RecallImages``
-or in YAML ``trainer.callbacks: [{class_path: icrl.recall.images.RecallImages}]``. Images go to every
-TensorBoard logger of the trainer; with none, the callback does nothing.
+Add it to a recall run with ``--trainer.callbacks+=icrl.recall.images.RecallImages``; images go to every
+TensorBoard logger of the trainer (with none, the callback does nothing).
 """
 
 from __future__ import annotations
@@ -32,17 +27,15 @@ def bigram_positions(tokens: Tensor) -> tuple[list[int], list[int]]:
     >>> bigram_positions(torch.tensor([7, 0, 8, 9, 0, 59, 6, 0]))
     ([1, 4], [2, 5])
     """
-    trigger = tokens[-1]
-    p = (tokens[:-1] == trigger).nonzero().flatten().tolist()
+    p = (tokens[:-1] == tokens[-1]).nonzero().flatten().tolist()
     return p, [i + 1 for i in p]
 
 
 def attention_figure(task, tokens: Tensor, weights: Tensor, title: str = "", ax=None) -> Figure:
-    """Attention ``weights`` ``(T,)`` of one prompt ``tokens`` ``(T,)``, with its bigram positions marked."""
+    """Attention ``weights`` ``(T,)`` of one prompt ``tokens`` ``(T,)``, with its bigram positions marked (on
+    ``ax``, a panel of a figure of yours, or a figure of its own)."""
     tokens, weights = tokens.cpu(), weights.detach().float().cpu()
-    if ax is None:
-        fig = Figure(figsize=(7, 2.6), dpi=80)
-        ax = fig.subplots()
+    ax = ax or Figure(figsize=(7, 2.6), dpi=80).subplots()
     fig = ax.figure
     ax.plot(range(len(weights)), weights.numpy(), color="C0", lw=1, label="attention σ(s)_h")
     triggers, after = bigram_positions(tokens)
@@ -52,8 +45,7 @@ def attention_figure(task, tokens: Tensor, weights: Tensor, title: str = "", ax=
         noise = task.noisy and int(tokens[p]) == task.noise_token
         ax.axvline(p, color="C1" if noise else "C2", ls="--", lw=1.2,
                    label="noise τ after q" if noise else f"output y = {int(tokens[p])} after q")
-    ax.set_xlabel("context position h")
-    ax.set_ylabel("attention weight")
+    ax.set(xlabel="context position h", ylabel="attention weight")
     ax.set_title(f"{title}attention of the last position (trigger q = {int(tokens[-1])})", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -73,8 +65,7 @@ def logits_figure(task, logits_attn: Tensor, logits_ff: Tensor, output: Tensor, 
     axes[0].axvline(y, color="C2", ls="--", lw=1, label=f"output y = {y}")
     if task.noisy:
         axes[0].axvline(tau, color="C3", ls=":", lw=1, label=f"noise τ = {tau}")
-    axes[0].set_xlabel("token")
-    axes[0].set_ylabel("logit")
+    axes[0].set(xlabel="token", ylabel="logit")
     axes[0].set_title(f"{title}logits of one prompt", fontsize=10)
     axes[0].legend(fontsize=7)
     axes[1].hist(logit_margin(logits_attn, output).numpy(), bins=30, color="C0", alpha=0.7,
@@ -83,8 +74,7 @@ def logits_figure(task, logits_attn: Tensor, logits_ff: Tensor, output: Tensor, 
         margin_ff = logit_margin(logits_ff, torch.full_like(output, tau))
         axes[1].hist(margin_ff.numpy(), bins=30, color="C1", alpha=0.7, label="ξ_F,τ − max_{k≠τ} ξ_F,k")
     axes[1].axvline(0, color="k", lw=0.8)
-    axes[1].set_xlabel("logit margin")
-    axes[1].set_ylabel("prompts")
+    axes[1].set(xlabel="logit margin", ylabel="prompts")
     axes[1].set_title(f"margins over {len(output)} validation prompts", fontsize=10)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
@@ -92,12 +82,8 @@ def logits_figure(task, logits_attn: Tensor, logits_ff: Tensor, output: Tensor, 
 
 
 class RecallImages(Callback):
-    """Logs the attention over one prompt and the logit margins as images, every ``every_n`` validations.
-
-    Args:
-        every_n: log at every ``every_n``-th validation (1: every one).
-        prompt: index of the prompt in the first validation batch whose attention is drawn.
-    """
+    """Logs the attention over prompt ``prompt`` of the first validation batch and the logit margins as
+    images, at every ``every_n``-th validation (1: every one)."""
 
     def __init__(self, every_n: int = 1, prompt: int = 0):
         if every_n < 1:
@@ -134,12 +120,10 @@ class RecallImages(Callback):
         self._count += 1
         if (self._count - 1) % self.every_n:
             return
-        b, i, step = self._batch, self.prompt, trainer.global_step
-        figures = {
-            "recall/attention": attention_figure(pl_module.task, b["tokens"][i], b["attention"][i], f"step {step}: "),
-            "recall/logits": logits_figure(pl_module.task, b["logits_attn"], b["logits_ff"], b["output"], i,
-                                           f"step {step}: "),
-        }
+        b, i, title = self._batch, self.prompt, f"step {trainer.global_step}: "
+        task = pl_module.task
+        figures = {"recall/attention": attention_figure(task, b["tokens"][i], b["attention"][i], title),
+                   "recall/logits": logits_figure(task, b["logits_attn"], b["logits_ff"], b["output"], i, title)}
         for tag, fig in figures.items():
             for lg in loggers:
                 lg.experiment.add_figure(tag, fig, global_step=trainer.global_step, close=False)

@@ -51,10 +51,8 @@ class _XRmatvec(torch.autograd.Function):
 
 
 class ContextInputs:
-    """The inputs ``X`` (B, T, d) of a batch of contexts ``tokens`` (B, T), never built.
-
-    ``matvec(q)`` is ``X q`` (B, d) → (B, T), ``rmatvec(w)`` is ``Xᵀ w`` (B, T) → (B, d): O(B·T) against
-    the dense product's O(B·T·d), and differentiable (each one's backward is the other).
+    """The inputs ``X`` of contexts ``tokens`` (B, T): ``matvec(q)`` is ``X q`` (B, d) → (B, T), ``rmatvec(w)``
+    ``Xᵀ w`` (B, T) → (B, d), O(B·T) against the dense O(B·T·d); each one's backward is the other.
 
     >>> X = ContextInputs(torch.tensor([[2, 0, 1]]), vocab_size=3, d_model=6)
     >>> X.matvec(torch.arange(6.0)[None])  # x_0 = e_2, x_1 = e_0 + e_5, x_2 = e_1 + e_3

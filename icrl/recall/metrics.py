@@ -1,10 +1,9 @@
 """Recall metrics (docs/science.md §R.6): per-prompt functions and the torchmetrics ``MeanMetric`` of each.
 
-Each function maps logits ``(B, N)`` and a token index ``(B,)`` to one value a prompt ``(B,)``; its
-class averages that over every prompt a validation sees. States are torchmetrics' own (``sum`` over
-processes) in the default float32, which every device holds (Apple's MPS has no float64); each batch
-adds one pairwise-summed total, so the relative error of a mean is about (number of batches) × 2⁻²⁴.
-NaNs are kept, not dropped: a diverged model shows NaN metrics.
+Each function maps logits ``(B, N)`` and a token index ``(B,)`` to one value a prompt ``(B,)``; its class
+averages that over a validation, in float32 states, which every device holds (Apple's MPS has no float64):
+one pairwise-summed total a batch, a relative error of about (number of batches) × 2⁻²⁴. NaNs are kept:
+a diverged model shows NaN metrics.
 """
 
 from __future__ import annotations
@@ -26,19 +25,24 @@ def cross_entropy(logits: Tensor, index: Tensor) -> Tensor:
     return nnf.cross_entropy(logits, index, reduction="none")
 
 
-def expected_cross_entropy(logits: Tensor, output: Tensor, alpha: float, noise_token: int) -> Tensor:
-    """Cross-entropy in expectation over the label noise: ``−α log p_τ − (1−α) log p_y``.
+def logit(logits: Tensor, index: Tensor) -> Tensor:
+    """Logit ``ξ_k`` of token ``k`` (the margin figures' ``ξ_{A,y}``, ``ξ_{F,τ}``).
 
-    The noisy task's target is τ with probability α, else the prompt's output ``y``, independently of
-    the prompt; so this is the exact expected loss of each prompt, without the sampling noise of the
-    drawn targets. At α = 0 it is the cross-entropy of ``y``. Its excess over ``H(α)`` is a KL
-    divergence, ≥ 0 for every model (Gibbs' inequality).
+    >>> logit(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 1]))
+    tensor([3., 2.])
+    """
+    return logits.gather(1, index[:, None]).squeeze(1)
+
+
+def expected_cross_entropy(logits: Tensor, output: Tensor, alpha: float, noise_token: int) -> Tensor:
+    """Cross-entropy in expectation over the label noise, ``−α log p_τ − (1−α) log p_y``: the exact expected
+    loss of each prompt, without the drawn targets' sampling noise (§R.6); at α = 0 that of ``y``.
 
     >>> expected_cross_entropy(torch.zeros(1, 3), torch.tensor([1]), alpha=0.5, noise_token=2)  # ln 3
     tensor([1.0986])
     """
     logp = torch.log_softmax(logits, -1)  # (B, N)
-    loss = -(1 - alpha) * logp.gather(1, output[:, None]).squeeze(1)
+    loss = -(1 - alpha) * logit(logp, output)
     if alpha:  # at α = 0 the τ term is absent, even where p_τ = 0
         loss = loss - alpha * logp[:, noise_token]
     return loss
@@ -59,7 +63,7 @@ def probability(logits: Tensor, index: Tensor) -> Tensor:
     >>> probability(torch.tensor([[0.0, 0.0], [0.0, 100.0]]), torch.tensor([0, 1]))
     tensor([0.5000, 1.0000])
     """
-    return torch.softmax(logits, -1).gather(1, index[:, None]).squeeze(1)
+    return logit(torch.softmax(logits, -1), index)
 
 
 def logit_margin(logits: Tensor, index: Tensor) -> Tensor:
@@ -68,18 +72,7 @@ def logit_margin(logits: Tensor, index: Tensor) -> Tensor:
     >>> logit_margin(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0]))
     tensor([1.])
     """
-    own = logits.gather(1, index[:, None]).squeeze(1)
-    others = logits.scatter(1, index[:, None], float("-inf")).amax(1)
-    return own - others
-
-
-def logit(logits: Tensor, index: Tensor) -> Tensor:
-    """Logit ``ξ_k`` of token ``k`` (the margin figures' ``ξ_{A,y}``, ``ξ_{F,τ}``).
-
-    >>> logit(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 1]))
-    tensor([3., 2.])
-    """
-    return logits.gather(1, index[:, None]).squeeze(1)
+    return logit(logits, index) - logits.scatter(1, index[:, None], float("-inf")).amax(1)
 
 
 def max_logit(logits: Tensor, index: Tensor) -> Tensor:
@@ -110,13 +103,11 @@ class _PerPrompt(MeanMetric):
 
 class MeanCrossEntropy(_PerPrompt):
     """Mean ``cross_entropy``."""
-
     function = staticmethod(cross_entropy)
 
 
 class ExpectedCrossEntropy(_PerPrompt):
     """Mean ``expected_cross_entropy``: ``update`` takes ``y``, the batch's ``output``, not its drawn target."""
-
     function = staticmethod(expected_cross_entropy)
 
     def __init__(self, alpha: float, noise_token: int, **kwargs):
@@ -141,23 +132,19 @@ class BayesGap(ExpectedCrossEntropy):
 
 class MeanProbability(_PerPrompt):
     """Mean ``probability`` of a given token per prompt."""
-
     function = staticmethod(probability)
 
 
 class LogitMargin(_PerPrompt):
     """Mean ``logit_margin`` of a given token per prompt."""
-
     function = staticmethod(logit_margin)
 
 
 class MeanLogit(_PerPrompt):
     """Mean ``logit`` of a given token per prompt."""
-
     function = staticmethod(logit)
 
 
 class MeanMaxLogit(_PerPrompt):
     """Mean ``max_logit`` per prompt."""
-
     function = staticmethod(max_logit)

@@ -7,9 +7,9 @@ Inputs ``x_h = E(z_h) + Ẽ(z_{h-1})`` (``x_0 = E(z_0)``) of a context ``z_0 …
     ξ_A = U V a,             ξ_F = U F (x_{T-1} + κ a),     ξ = ξ_A + ξ_F,
 
 with feed-forward mode ``none`` (no ξ_F), ``F`` (κ = 0) or ``FA`` (κ = 1). ``X`` is never built
-(``ContextInputs``); ``x_{T-1}`` has two ones, so ``x_{T-1}ᵀ W`` is two rows of ``W`` and ``U F x_{T-1}``
-two columns of ``U F``, and ``ξ = a (UV + κUF)ᵀ + U F x_{T-1}`` is one product when the parts ξ_A, ξ_F
-are not asked for. ``icrl.recall.dense.dense_forward`` builds ``X`` and applies the formula as written.
+(``ContextInputs``); ``x_{T-1}`` has two ones, so ``x_{T-1}ᵀ W`` is two rows of ``W``, ``U F x_{T-1}`` two
+columns of ``U F``, and ``ξ = a (UV + κUF)ᵀ + U F x_{T-1}`` one product without the parts. ``dense.py``
+applies the formula as written.
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ class RecallOutput(NamedTuple):
 class RecallTransformer(nn.Module):
     """One-layer transformer for in-context recall on ``task``, of width ``d_model ≥ 2 * vocab_size``.
 
-    ``attention``: an ``Attention`` (default ``LinearAttention()``); ``parameterization``: a callable
-    ``(task, d_model, feedforward) -> Parameterization`` (``Origin``, ``Reparam``, ``ReparamW``, your own,
-    or a ``functools.partial`` with options); ``trainable_U``: train ``U`` from its fixed value. A model
-    whose ``W`` and ``V`` would never leave their zero start is refused (``check_trainable``).
+    ``attention``: an ``Attention`` (default ``LinearAttention()``); ``parameterization``: a
+    ``ParameterizationCallable``; ``trainable_U``: train ``U`` from its fixed value. A model whose ``W``
+    and ``V`` would never leave their zero start is refused (``check_trainable``).
     """
 
     def __init__(self, task: RecallTask, d_model: int = 128, attention: Attention | None = None,

@@ -21,11 +21,9 @@ from icrl.recall.task import RecallTask
 
 
 def as_config(value):
-    """The ``class_path`` form (plain data) of an attention or parameterization given in Python.
-
-    The CLI saves its own config dicts as hyper-parameters; this gives modules built in Python the
-    same, so their checkpoints load with ``weights_only`` (constructor arguments of an attention
-    instance, and lambdas, are not recoverable: pass those to ``load_from_checkpoint``).
+    """The ``class_path`` form (plain data) of an attention or parameterization given in Python, as the CLI
+    saves it, so checkpoints load with ``weights_only`` (an attention instance's arguments, and lambdas,
+    are not recoverable: pass those to ``load_from_checkpoint``).
 
     >>> as_config(partial(Origin, init_std=0.01))
     {'class_path': 'icrl.recall.parameterization.Origin', 'init_args': {'init_std': 0.01}}
@@ -38,33 +36,18 @@ def as_config(value):
 
 
 class RecallModule(IcrlModule):
-    """Trains a one-layer recall transformer by cross-entropy at the last position.
+    """Trains a ``RecallTransformer`` (same arguments; ``task``: ``RecallDataModule.task``, linked by the CLI) by
+    cross-entropy at the last position. In YAML ``attention`` and ``parameterization`` are a ``class_path``
+    (``{class_path: icrl.recall.Reparam, init_args: {value_scale: true}}``); ``optimizer`` is a callable from
+    parameters to an optimizer, by default ``NormalizedGD(lr=0.1)`` (the paper's).
 
-    Args:
-        task: the task dict of ``RecallDataModule.task``; the CLI links it from the data module.
-        d_model: width ``d``, at least ``2 * vocab_size``.
-        attention: an ``icrl.recall.Attention``, in YAML by class path (``icrl.recall.SoftmaxAttention``);
-            null: ``LinearAttention``.
-        parameterization: a callable ``(task, d_model, feedforward) -> Parameterization``: in YAML a class
-            path, with options in ``init_args`` (``{class_path: icrl.recall.Reparam, init_args:
-            {value_scale: true}}``, the later paper version's value-scaled Reparam; ``init_std`` of
-            ``Origin`` and ``ReparamW``: a random start).
-        feedforward: ``none`` (no ξ_F), ``F`` (κ = 0) or ``FA`` (κ = 1).
-        trainable_U: train the unembedding ``U`` (initialised at its fixed value).
-        optimizer: a callable from parameters to an optimizer (YAML ``class_path``); defaults to
-            ``NormalizedGD(lr=0.1)``, the paper's choice.
-
-    Logs ``train/loss`` on the steps the logger writes (``log_every_n_steps``) and, per validation (and
-    ``test/`` per test), with ``y`` the prompt's output and τ the noise token:
-
-    - in distribution (dataloader 0): ``val/loss`` (cross-entropy of the drawn targets),
-      ``expected_loss`` (``−α log p_τ − (1−α) log p_y``, the exact expected cross-entropy over the label
-      noise), ``bayes_gap`` (it minus the Bayes risk ``H(α)``, ≥ 0 for every model), ``margin_attn``
-      (``ξ_{A,y} − max_{k≠y} ξ_{A,k}``), ``logit_attn_y`` and ``max_logit_attn`` (the means of ``ξ_{A,y}``
-      and ``max_j ξ_{A,j}``, the first version's margin figures) and, noisy task only, ``margin_ff``
-      (``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}``), ``logit_ff_tau`` and ``max_logit_ff``;
-    - on unseen outputs (dataloader 1): ``ood_loss``, ``ood_expected_loss``, ``ood_bayes_gap``,
-      ``p_output_ood`` (mean probability of ``y``, → 1−α) and, noisy task only, ``p_noise_ood`` (of τ, → α).
+    Logs ``train/loss`` on the logger's steps and, per validation (``test/`` per test; metrics §R.6, with
+    ``y`` the prompt's output and τ the noise token), in distribution: ``val/loss`` (of the drawn targets),
+    ``expected_loss`` (``−α log p_τ − (1−α) log p_y``), ``bayes_gap`` (it minus ``H(α)``), ``margin_attn``
+    (``ξ_{A,y} − max_{k≠y} ξ_{A,k}``), ``logit_attn_y`` and ``max_logit_attn`` (means of ``ξ_{A,y}``,
+    ``max_j ξ_{A,j}``) and, noisy task only, ``margin_ff``, ``logit_ff_tau`` and ``max_logit_ff`` (of ``ξ_F``
+    and τ); on unseen outputs: ``ood_loss``, ``ood_expected_loss``, ``ood_bayes_gap``, ``p_output_ood``
+    (mean probability of ``y``, → 1−α) and, noisy task only, ``p_noise_ood`` (of τ, → α).
     """
 
     def __init__(self, task: dict | None = None, d_model: int = 128, attention: Attention | None = None,
@@ -99,6 +82,7 @@ class RecallModule(IcrlModule):
         loss = nnf.cross_entropy(self.model(batch["tokens"], parts=False).logits, batch["target"])  # one product: ξ only
         if self.is_logging_step():
             self.log("train/loss", loss, prog_bar=True)
+            self.log_epoch()
         return loss
 
     def metric_inputs(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, tuple[Tensor, Tensor]]:

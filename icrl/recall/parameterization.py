@@ -1,19 +1,11 @@
 """Parameterizations of docs/science.md §R.4: which matrices ``W, V, F`` (all d×d) are free and which fixed.
 
-With the fixed basis embeddings ``E(k) = e_k`` (token) and ``Ẽ(k) = e_{N+k}`` (previous token):
+With ``E(k) = e_k`` and ``Ẽ(k) = e_{N+k}``: ``Origin`` frees all three; ``Reparam`` fixes ``V = I`` and
+trains noiseless ``W = Σ_{k∈Q} λ_k E(k)Ẽ(k)ᵀ`` (``F = 0``) or noisy ``W = Λ E(0)(Ẽ(0) − E(τ))ᵀ`` with the
+fixed ``F = E(τ)(γE(0) + Ẽ(0))ᵀ``, ``γ = log(α̂/(1−α̂))``; ``ReparamW`` is ``Reparam`` with a free ``W``.
 
-- ``Origin``: ``W``, ``V``, ``F`` free, zero-initialised (paper code), or ``N(0, init_std²)`` entries.
-- ``Reparam``: ``V = I``; noiseless ``W = Σ_{k∈Q} λ_k E(k)Ẽ(k)ᵀ`` (trainable λ ∈ R^{|Q|}), ``F = 0``;
-  noisy ``W = Λ E(0)(Ẽ(0) − E(τ))ᵀ`` (trainable scalar Λ) and fixed ``F = E(τ)(γE(0) + Ẽ(0))ᵀ``
-  with ``γ = log(α/(1−α))`` (α̂, the empirical α, for finite samples). ``value_scale=True``: the later
-  version's value-scaled Reparam, ``V = s·I`` and ``F = E(τ)(γE(0) + s·Ẽ(0))ᵀ`` (see ``ReparamValue``).
-- ``ReparamW``: as ``Reparam`` but ``W`` is a full free matrix (zero init, or ``init_std``).
-
-``check_trainable`` refuses a parameterization and attention whose ``W`` would never leave its zero start.
-
-A model takes a parameterization as a callable ``(task, d_model, feedforward) -> Parameterization``
-(``ParameterizationCallable``): a class, or in YAML a ``class_path`` with ``init_args`` for the
-remaining arguments, as for the optimizer. Add one by subclassing ``Parameterization``::
+A model takes a ``ParameterizationCallable`` ``(task, d_model, feedforward) -> Parameterization``: a class,
+or in YAML a ``class_path`` with ``init_args``. Add one by subclassing ``Parameterization``::
 
     class Diagonal(Parameterization):
         def __init__(self, task, d_model, feedforward="FA"):
@@ -39,14 +31,9 @@ FEEDFORWARD_KAPPA = {"none": None, "F": 0.0, "FA": 1.0}  # κ of ξ_F = U F (x_{
 
 
 class Parameterization(nn.Module):
-    """Base class: holds the trainable tensors and builds dense ``W``, ``V``, ``F`` (d×d) from them.
+    """Holds the trainable tensors and builds ``W``, ``V``, ``F`` (d×d) from them; ``V = I``, ``F = 0`` by default."""
 
-    Defaults are ``V = I`` and ``F = 0`` fixed; subclasses override ``W``, ``V``, ``F`` and may read
-    ``feedforward`` (``Origin`` has no ``F`` without a feed-forward block). ``supports_noisy_without_ff``:
-    False where the noisy task's association lives in a fixed ``F``, so needs a feed-forward block.
-    """
-
-    supports_noisy_without_ff = True
+    supports_noisy_without_ff = True  # False where the noisy task's association lives in a fixed F
 
     def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA"):
         super().__init__()
@@ -101,13 +88,9 @@ class Origin(Parameterization):
 class ReparamValue(Parameterization):
     """Reparam's ``V`` and ``F``, shared by ``Reparam`` and ``ReparamW``, which add their ``W``.
 
-    ``value_scale=True``: ``V = s·I`` with a trainable scale ``s = e^σ`` (parameter ``log_s`` = σ) that
-    also scales the previous-trigger coefficient of the noisy ``F``; with softmax attention it reaches
-    the Bayes risk in and out of distribution, at every context length, as λ (Λ) and ``s`` grow.
-    ``s`` starts at 1, the plain Reparam (at ``s = 0`` linear and ReLU attention get no gradient from the
-    zero start), and must stay positive: at long contexts the uniform start first pushes ``s`` down
-    (each filler's logit gains ~1/50, the output's 1/T), and below 0 attending to the output lowers its
-    logit. ``free_sign=True`` (parameter ``s``) trains ``s`` itself and shows that failure (§R.4).
+    ``value_scale=True`` (§R.4, value-scaled Reparam): ``V = s·I`` and ``s`` times the noisy ``F``'s
+    previous-trigger coefficient, ``s = e^σ`` (parameter ``log_s`` = σ): from 1 (at 0 linear and ReLU
+    attention get no gradient), and positive. ``free_sign=True`` (parameter ``s``) trains ``s`` itself, and fails.
     """
 
     supports_noisy_without_ff = False
@@ -146,22 +129,15 @@ class Reparam(ReparamValue):
     def __init__(self, task: RecallTask, d_model: int, feedforward: str = "FA", value_scale: bool = False,
                  free_sign: bool = False):
         super().__init__(task, d_model, feedforward, value_scale, free_sign)
-        N, tau = task.vocab_size, task.noise_token
-        if task.noisy:
-            self.lam = nn.Parameter(torch.zeros(1))  # Λ
-            W_unit = torch.zeros(d_model, d_model)  # E(q)(Ẽ(q) − E(τ))ᵀ, q = 0: row 0, +1 at column N, −1 at τ
-            W_unit[0, N], W_unit[0, tau] = 1.0, -1.0
-            self.register_buffer("W_unit", W_unit, persistent=False)
-        else:
-            self.lam = nn.Parameter(torch.zeros(task.n_triggers))  # λ_k, k ∈ Q
-            k = torch.arange(task.n_triggers)
-            self.register_buffer("W_rows", k, persistent=False)
-            self.register_buffer("W_cols", N + k, persistent=False)
+        N, Q = task.vocab_size, task.n_triggers
+        self.lam = nn.Parameter(torch.zeros(1 if task.noisy else Q))  # Λ noisy, λ_k (k ∈ Q) noiseless
+        # the entries of W: noisy E(0)(Ẽ(0) − E(τ))ᵀ is +Λ at (0, N), −Λ at (0, τ); noiseless λ_k at (k, N + k)
+        index = ([0, 0], [N, task.noise_token]) if task.noisy else (list(range(Q)), [N + k for k in range(Q)])
+        self.register_buffer("W_index", torch.tensor(index), persistent=False)
+        self.register_buffer("W_sign", torch.tensor([1.0, -1.0] if task.noisy else [1.0] * Q), persistent=False)
 
     def W(self) -> Tensor:
-        if self.task.noisy:
-            return self.lam * self.W_unit
-        return self.zero.index_put((self.W_rows, self.W_cols), self.lam)
+        return self.zero.index_put(tuple(self.W_index), self.lam * self.W_sign)
 
 
 class ReparamW(ReparamValue):
@@ -179,17 +155,16 @@ class ReparamW(ReparamValue):
 def check_trainable(param: Parameterization, attention: Attention, feedforward: str) -> None:
     """Refuse a model whose ``W`` (and ``V``) provably never leave their initial zeros.
 
-    At ``W = 0`` every score is 0, so a = Σ_h σ(0) x_h, and W's gradient is
-    Σ_h ∂L/∂s_h x_{T-1} x_hᵀ with ∂L/∂s = J_σ(0)ᵀ X (Vᵀ + κFᵀ) Uᵀ ∂L/∂ξ. It is exactly 0 at every step if
+    At ``W = 0`` every score is 0, so a = Σ_h σ(0) x_h, and W's gradient is Σ_h ∂L/∂s_h x_{T-1} x_hᵀ with
+    ∂L/∂s = J_σ(0)ᵀ X (Vᵀ + κFᵀ) Uᵀ ∂L/∂ξ. It is exactly 0 at every step if
 
     - ``σ'(0) = 0`` (e.g. ``torch.relu``): the scores never move, attention never forms; or
     - ``σ(0) = 0`` (linear, ReLU) and ``V = 0`` with no ``F`` on the attention path (κ = 0 or no
-      feed-forward): a = 0 gives V no gradient (∂L/∂V = Uᵀ ∂L/∂ξ aᵀ), and Vᵀ + κFᵀ = 0 gives W none.
+      feed-forward), as zero-initialised Origin: a = 0 gives V no gradient (∂L/∂V = Uᵀ ∂L/∂ξ aᵀ),
+      and Vᵀ + κFᵀ = 0 gives W none.
 
-    Zero-initialised Origin with linear or ReLU attention and feed-forward ``none`` or ``F`` is the
-    second case. Both are sufficient conditions, checked on the initial ``W``, ``V`` and ``σ`` of any
-    parameterization and attention; softmax (σ(0) = 1/T), ``V = I`` (Reparam) and FA (F moves on the
-    first step, then carries the gradient to W) all train.
+    Both are sufficient conditions, checked on the initial ``W``, ``V`` and ``σ``; softmax (σ(0) = 1/T),
+    ``V = I`` (Reparam) and FA (F moves on the first step, then carries the gradient to W) all train.
     """
     W, V = param.W().detach(), param.V().detach()
     if W.any():

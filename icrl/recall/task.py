@@ -8,8 +8,7 @@ Token layout for a vocabulary of ``N = vocab_size`` tokens::
     noise    τ = N-1
     filler        {n_triggers, …, N-2}             (no trigger, no τ)
 
-``alpha == 0`` is the noiseless task (trigger drawn from Q); ``alpha > 0`` the noisy one
-(trigger 0, an extra bigram (0, τ), target τ with probability α).
+``alpha == 0``: noiseless (trigger from Q); ``alpha > 0``: noisy (trigger 0, extra bigram (0, τ), target τ w.p. α).
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ def entropy(alpha: float) -> float:
 class RecallTask:
     """Sizes and noise level of one recall task; ``asdict`` of it is what data links into models.
 
-    ``alpha_hat`` is the empirical fraction of τ targets of a finite training sample (docs/science.md §R.2:
-    the noisy Reparam model then uses it for γ); it equals ``alpha`` for population training.
+    ``alpha_hat``: the fraction of τ targets of a finite training sample, the noisy Reparam's γ (§R.2);
+    ``alpha`` for population training.
     """
 
     vocab_size: int = 60
@@ -44,22 +43,19 @@ class RecallTask:
 
     def __post_init__(self):
         n, nt, no, t, a = self.vocab_size, self.n_triggers, self.n_outputs, self.context_length, self.alpha
-        if nt < 1:
-            raise ValueError(f"n_triggers must be >= 1, got n_triggers={nt}")
-        if no < 1:
-            raise ValueError(f"n_outputs must be >= 1, got n_outputs={no}")
+        for name, value in dict(n_triggers=nt, n_outputs=no).items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={value}")
         if nt + no > n - 2:
             raise ValueError(
                 f"triggers and outputs do not fit the vocabulary: n_triggers + n_outputs = {nt + no} must be "
-                f"<= vocab_size - 2 = {n - 2} (one token is the noise τ, and at least one unseen OOD output is needed)"
-            )
+                f"<= vocab_size - 2 = {n - 2} (one token is the noise τ, and at least one unseen OOD output is needed)")
         if not 0.0 <= a < 1.0:
             raise ValueError(f"alpha must lie in [0, 1) (0 = noiseless task), got alpha={a}")
         if t < self.min_context_length:
             raise ValueError(
                 f"context_length={t} is too short for the {'noisy' if self.noisy else 'noiseless'} task's bigrams "
-                f"and final trigger: context_length must be >= {self.min_context_length}"
-            )
+                f"and final trigger: context_length must be >= {self.min_context_length}")
         if self.alpha_hat is None:
             object.__setattr__(self, "alpha_hat", a)
 

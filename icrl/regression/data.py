@@ -1,19 +1,13 @@
 """Template-regression prompts (docs/science.md §T.1): a fixed token table and a stream of noisy templates.
 
 Drawn once from ``seed``: tokens ``v_k ~ N(0, I_d)`` and representations ``f(v_k) ~ N(0, σ_f² I_m)``,
-``k = 1 … K``, ``σ_f = repr_std`` (the paper says only "Gaussian"; the scale of ``v`` is absorbed by
-``β``, the scale of ``f`` matters through ``τ/σ_f²``, docs/science.md §T.3). Each
-prompt draws a template ``λ ~ N(0, I_m)`` and labels ``y_k = λᵀ (f(v_k) + ε_k)``,
-``ε_k ~ N(0, τ I_m)``, for all ``K`` tokens; the first ``N`` labels are the prompt. The model
-predicts all ``K`` tokens and is scored against targets ``t`` (``targets``, docs/science.md §T.1):
-``"independent"`` (default) ``t_k = λᵀ (f(v_k) + ε'_k)`` with noise independent of the prompt's,
-``"noiseless"`` ``t_k = λᵀ f(v_k)``, ``"shared"`` ``t = y``. Unseen tasks draw ``λ ~ N(1, 4 I)``.
+``k = 1 … K``, ``σ_f = repr_std`` (only ``τ/σ_f²`` matters, §T.3). Each prompt draws a template
+``λ ~ N(0, I_m)`` (unseen tasks: ``N(1, 4 I)``) and labels ``y_k = λᵀ (f(v_k) + ε_k)``, ``ε_k ~ N(0, τ I_m)``,
+for all ``K`` tokens; the first ``N`` labels are the prompt, and all ``K`` predictions are scored against
+targets ``t`` of the law ``targets`` (``sample_prompts``).
 
 A batch is a dict ``{"v": (K, d), "f": (K, m), "y": (B, K), "target": (B, K)}``: the shared tables
-travel once per batch, not once per prompt. Training batch ``i`` on rank ``r`` is a pure function of
-``(seed, r, i)``, so the stream does not depend on ``num_workers`` and a resumed run continues it.
-Under DDP each rank validates its own contiguous share of each validation set (no padding, no
-prompt twice), so the metrics, summed over ranks, are those of one process.
+travel once per batch, not once per prompt.
 """
 
 from __future__ import annotations
@@ -26,8 +20,7 @@ from torch import Tensor
 
 from icrl.streams import BatchStream, StreamDataModule, StreamLoader, generator, rank_and_world
 
-# Stream ids: independent random streams derived from one seed.
-TABLE, TRAIN, POOL, VAL, TEST = range(5)
+TABLE, TRAIN, POOL, VAL, TEST = range(5)  # stream ids: independent random streams of one seed
 TARGETS = ("independent", "noiseless", "shared")  # laws of the targets (sample_prompts)
 
 
@@ -44,16 +37,13 @@ def sample_labels(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mea
     return sample_prompts(f, n, noise_var, gen, mean, var)[0]
 
 
-def sample_prompts(
-    f: Tensor, n: int, noise_var: float, gen: torch.Generator, mean: float = 0.0, var: float = 1.0,
-    targets: str = "shared", n_labelled: int = 0,
-) -> tuple[Tensor, Tensor]:
+def sample_prompts(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mean: float = 0.0, var: float = 1.0,
+                   targets: str = "shared", n_labelled: int = 0) -> tuple[Tensor, Tensor]:
     """Labels ``y`` and targets ``t`` of ``n`` prompts, both ``(n, K)`` (see ``sample_labels`` for ``y``).
 
-    ``targets`` (docs/science.md §T.1): ``"shared"`` ``t = y`` (the same tensor); ``"noiseless"``
-    ``t_k = λᵀ f(v_k)``; ``"independent"`` ``t_k = λᵀ (f(v_k) + ε'_k)`` with ``ε'_k`` independent of
-    the prompt's noise: a fresh draw on the ``n_labelled`` prompt tokens, the unshown label itself on
-    the others. The extra draws come after the labels', so ``y`` is the same stream under every law.
+    ``targets`` (§T.1): ``"shared"`` ``t = y`` (the same tensor); ``"noiseless"`` ``t_k = λᵀ f(v_k)``;
+    ``"independent"`` ``t_k = λᵀ (f(v_k) + ε'_k)``, ``ε'_k`` a fresh draw on the ``n_labelled`` prompt
+    tokens, the unshown label itself on the others. ``y`` is the same stream under every law.
 
     >>> y, t = sample_prompts(torch.eye(3), 4, 0.1, torch.Generator().manual_seed(0), targets="independent", n_labelled=2)
     >>> torch.equal(t[:, 2:], y[:, 2:]), bool((t[:, :2] != y[:, :2]).all())
@@ -73,17 +63,11 @@ def sample_prompts(
 
 
 class PromptStream(BatchStream):
-    """Endless training batches; batch ``i`` is drawn from a generator seeded by (seed, rank, i).
+    """Batch ``i`` of rank ``r`` comes from generator (seed, r, i): fresh prompts, or with ``pool`` (a fixed
+    training set ``{"y", "target"}``, each ``(n_train, K)``) ``batch_size`` distinct prompts of it."""
 
-    Without ``pool`` each batch draws fresh prompts (population training) with targets of the law
-    ``targets`` (see ``sample_prompts``); with ``pool`` (a fixed training set ``{"y", "target"}``,
-    each ``(n_train, K)``) it draws ``batch_size`` distinct prompts of the pool.
-    """
-
-    def __init__(
-        self, v: Tensor, f: Tensor, batch_size: int, noise_var: float, seed: int, rank: int, start: int,
-        pool: dict[str, Tensor] | None, targets: str, n_labelled: int,
-    ):
+    def __init__(self, v: Tensor, f: Tensor, batch_size: int, noise_var: float, seed: int, rank: int, start: int,
+                 pool: dict[str, Tensor] | None, targets: str, n_labelled: int):
         super().__init__(start)
         self.v, self.f, self.pool = v, f, pool
         self.batch_size, self.noise_var, self.seed, self.rank = batch_size, noise_var, seed, rank
@@ -103,30 +87,13 @@ class PromptStream(BatchStream):
 class TemplateRegressionDataModule(StreamDataModule):
     """Prompts of template regression, with an in-distribution and an unseen-task validation set.
 
-    Args:
-        n_tokens: ``K``, number of fixed tokens (all are predicted).
-        n_labelled: ``N``, labelled tokens per prompt (``1 ≤ N < K``; the other ``K − N`` are the
-            unseen examples).
-        token_dim: ``d``, dimension of the tokens ``v_k``.
-        n_basis: ``m``, number of basis representations.
-        noise_var: ``τ``, variance of the representation noise ``ε_k``.
-        repr_std: ``σ_f``, standard deviation of the entries of the representations ``f(v_k)``
-            (default 1). Only ``τ/σ_f²`` shapes the ridge-vs-best gap of Fig. 3; ``1/√m`` gives
-            ``E‖f(v_k)‖² = 1``, the noise energy ``mτ`` of Fig. 3 (m = 100, τ = 0.01).
-        targets: what the predictions are scored against, in training and validation
-            (docs/science.md §T.1): ``"independent"`` (default) a second noisy observation of each
-            token, its noise independent of the prompt's; ``"noiseless"`` ``λᵀ f(v_k)``;
-            ``"shared"`` the labels ``y`` themselves, the prompt's labels included (the loss-optimal
-            model then copies its prompt instead of doing ridge regression).
-        batch_size: prompts per batch.
-        n_train: ``None`` for an endless stream of fresh prompts; an integer for the paper's finite
-            regime (a fixed training set of that many prompts, sampled batch by batch).
-        n_val: prompts in each validation set (paper: 200 test prompts); under DDP each process
-            scores its share, so at least one prompt per process.
-        ood_mean, ood_var: unseen tasks draw ``λ ~ N(ood_mean, ood_var·I)`` (paper: 1, 4).
-        seed: seeds the tables ``v``, ``f``, the training pool and the training stream.
-        val_seed: seeds the validation sets and the held-out test sets (its own stream).
-        num_workers: DataLoader workers of the training stream (the stream does not depend on it).
+    Sizes ``n_tokens`` ``K`` (all predicted), ``n_labelled`` ``N`` (``1 ≤ N < K``, the others are the unseen
+    examples), ``token_dim`` ``d``, ``n_basis`` ``m``; ``noise_var`` ``τ``; ``repr_std`` ``σ_f`` (``1/√m``
+    gives Fig. 3's ``E‖f(v_k)‖² = 1``). ``targets``: what predictions are scored against (§T.1;
+    ``"shared"`` lets the loss-optimal model copy its prompt instead of doing ridge). ``n_train``: ``None``
+    for fresh prompts every batch, or the size of the paper's fixed training set. Unseen tasks draw
+    ``λ ~ N(ood_mean, ood_var·I)`` (paper: 1, 4). ``seed`` seeds the tables, the pool and the training
+    stream; ``val_seed`` the ``n_val``-prompt validation and test sets.
     """
 
     def __init__(self, n_tokens: int = 200, n_labelled: int = 30, token_dim: int = 100, n_basis: int = 20,
@@ -157,6 +124,7 @@ class TemplateRegressionDataModule(StreamDataModule):
         if n_train is not None and n_train < batch_size:
             raise ValueError(f"n_train must be None (endless stream) or >= batch_size = {batch_size}, got n_train={n_train}")
         self.save_hyperparameters()
+        self.train_size = n_train
         gen = generator(seed, TABLE)
         self.v = torch.randn(n_tokens, token_dim, generator=gen)  # (K, d)
         self.f = repr_std * torch.randn(n_tokens, n_basis, generator=gen)  # (K, m): one table direction per seed
@@ -179,14 +147,11 @@ class TemplateRegressionDataModule(StreamDataModule):
         return self.stream_loader(stream)
 
     def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
-        """``[in-distribution prompts (scored on all and on unseen tokens), unseen-task prompts]``; ``"test"``:
-        the held-out sets of ``icrl test``, drawn alike from their own stream of ``val_seed``."""
-        hp, stream, sets = self.hparams, VAL if stage == "val" else TEST, []
-        for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)]):
-            y, target = sample_prompts(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, stream, i), mean, var,
-                                       hp.targets, hp.n_labelled)  # (n_val, K) each
-            sets.append({"y": y, "target": target})
-        return sets
+        """``[in-distribution prompts, unseen-task prompts]``."""
+        hp, stream = self.hparams, VAL if stage == "val" else TEST
+        sets = [sample_prompts(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, stream, i), mean, var, hp.targets,
+                               hp.n_labelled) for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)])]
+        return [{"y": y, "target": target} for y, target in sets]  # (n_val, K) each
 
     def eval_tables(self) -> dict[str, Tensor]:
         return {"v": self.v, "f": self.f}
@@ -197,12 +162,10 @@ class TemplateRegressionDataModule(StreamDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         v, f = state_dict["v"], state_dict["f"]
-        expected = dict(v=self.v.shape, f=self.f.shape)
-        if (v.shape, f.shape) != (expected["v"], expected["f"]):
+        if (v.shape, f.shape) != (self.v.shape, self.f.shape):
             raise ValueError(
                 f"the checkpoint's tables have shapes v={tuple(v.shape)}, f={tuple(f.shape)}, but this data module "
-                f"(n_tokens, token_dim, n_basis) expects v={tuple(expected['v'])}, f={tuple(expected['f'])}: "
-                "resume with the sizes the checkpoint was trained with"
-            )
+                f"(n_tokens, token_dim, n_basis) expects v={tuple(self.v.shape)}, f={tuple(self.f.shape)}: "
+                "resume with the sizes the checkpoint was trained with")
         self.v, self.f = v, f
         super().load_state_dict(state_dict)

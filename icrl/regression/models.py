@@ -18,9 +18,8 @@ from torch import Tensor, nn
 class OneLayerMultiHead(nn.Module):
     """One-layer multi-head softmax attention (docs/science.md §T.2), all heads at once.
 
-    ``ŷ_k = Σ_h w_{h,k} · yᵀ softmax(V_Nᵀ Q_h v_k)`` with ``V_N = [v_1 … v_N]``, one query-key
-    matrix ``Q_h ∈ R^{d×d}`` and one read-out vector ``w_h ∈ R^K`` per head. Init:
-    ``Q_h ~ N(0, β²)`` entrywise, ``w = 0``. The paper needs ``heads ≥ N``.
+    ``ŷ_k = Σ_h w_{h,k} · yᵀ softmax(V_Nᵀ Q_h v_k)``, ``V_N = [v_1 … v_N]``, with ``Q_h ∈ R^{d×d}`` and
+    ``w_h ∈ R^K`` per head; init ``Q_h ~ N(0, β²)`` entrywise, ``w = 0``. The paper needs ``heads ≥ N``.
 
     >>> net = OneLayerMultiHead(n_tokens=5, n_labelled=3, token_dim=4, heads=3, beta=0.1)
     >>> net(torch.randn(5, 4), torch.randn(2, 3)).shape  # w = 0 at init: ŷ = 0
@@ -49,12 +48,10 @@ class OneLayerMultiHead(nn.Module):
 
 
 class TransformerBaseline(nn.Module):
-    """Standard pre-LN transformer encoder over the ``K`` tokens (docs/science.md §T.4's deep baseline).
+    """Standard pre-LN transformer encoder over the ``K`` tokens (docs/science.md §T.2's deep baseline).
 
-    Token ``k`` enters as ``[v_k, y_k·1{k ≤ N}, 1{k ≤ N}]`` (its label, or 0, and a labelled flag),
-    linearly embedded to ``d_model``; ``n_layers`` ``nn.TransformerEncoderLayer``s attend over all
-    tokens without a mask (tokens are told apart by ``v_k``, so no positional code is needed); a
-    linear read-out per token predicts its label.
+    Token ``k`` enters as ``[v_k, y_k·1{k ≤ N}, 1{k ≤ N}]``, linearly embedded; no mask and no positional
+    code (``v_k`` tells tokens apart); a linear read-out per token predicts its label.
 
     >>> net = TransformerBaseline(n_labelled=3, token_dim=4, n_layers=1, d_model=8, d_ff=16, n_heads=2)
     >>> net(torch.randn(5, 4), torch.randn(2, 3)).shape
@@ -64,10 +61,9 @@ class TransformerBaseline(nn.Module):
     def __init__(self, n_labelled: int, token_dim: int, n_layers: int = 4, d_model: int = 256, d_ff: int = 512,
                  n_heads: int = 8, dropout: float = 0.0):
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got n_layers={n_layers}")
-        if d_model < 1 or d_ff < 1:
-            raise ValueError(f"d_model and d_ff must be >= 1, got d_model={d_model}, d_ff={d_ff}")
+        for name, value in dict(n_layers=n_layers, d_model=d_model, d_ff=d_ff).items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={value}")
         if n_heads < 1 or d_model % n_heads:
             raise ValueError(f"n_heads must be >= 1 and divide d_model={d_model}, got n_heads={n_heads}")
         if not 0.0 <= dropout < 1.0:

@@ -1,27 +1,20 @@
-"""LightningModules that train the template-regression networks and score them against ridge.
+"""LightningModules that train the template-regression networks and score them against ridge (docs/science.md §T).
 
-The model sees the ``N`` prompt labels ``y[:, :N]`` and predicts all ``K`` tokens; the loss is
-``(1/K) Σ_k (ŷ_k − t_k)²`` against the batch's targets ``t`` (``batch["target"]``, whose law the data
-module's ``targets`` sets), averaged over prompts (torch's MSE). The paper's loss carries an extra
-1/2, which only halves every gradient (a rescaled step size). The references' losses use the same
-convention, so ``val/loss`` is read against ``val/ridge_loss``.
+The model sees the ``N`` prompt labels ``y[:, :N]`` and predicts all ``K`` tokens; the loss is torch's MSE
+``(1/K) Σ_k (ŷ_k − t_k)²`` against the batch's targets ``t``, averaged over prompts (the paper's extra 1/2
+only rescales the step size); the references' losses use the same convention.
 
-Logged on each validation set, ``val/`` (in-distribution prompts) and ``val/unseen_task_``
-(``λ ~ N(1, 4I)``), all as mean squared errors (torchmetrics, summed across processes); ``icrl test``
-logs the same under ``test/``:
+Logged per validation set, ``val/`` (in-distribution prompts) and ``val/unseen_task_`` (``λ ~ N(1, 4I)``),
+all mean squared errors (``test/`` under ``icrl test``):
 
 - ``loss``: model vs targets, all ``K`` tokens; ``unseen_example_loss``: the ``K − N`` unlabelled ones;
-- ``ridge_loss``, ``best_loss``: the references vs targets, the floor to compare ``loss`` with, and
-  ``unseen_example_ridge_loss``, the floor of ``unseen_example_loss``;
-- ``ridge_gap``, ``best_gap``: ``(1/K) ‖ŷ − ŷ_ridge‖²`` and ``(1/K) ‖ŷ − ŷ_best‖²``; ``ridge_gap``
-  split by token: ``labelled_ridge_gap`` ``(1/N) ‖ŷ[:N] − ŷ_ridge[:N]‖²`` and
-  ``unseen_example_ridge_gap`` on the ``K − N`` others;
+- ``ridge_loss``, ``best_loss``: the references vs targets, and ``unseen_example_ridge_loss``;
+- ``ridge_gap``, ``best_gap``: ``(1/K) ‖ŷ − ŷ_ridge‖²``, ``(1/K) ‖ŷ − ŷ_best‖²``; ``ridge_gap`` split into
+  ``labelled_ridge_gap`` (the ``N`` prompt tokens) and ``unseen_example_ridge_gap`` (the others);
 - ``ridge_best_gap``: ``(1/K) ‖ŷ_ridge − ŷ_best‖²``, the gap of Fig. 3 in closed form.
 
-With ``"independent"`` or ``"noiseless"`` targets ridge is, on every token of in-distribution
-prompts, the best predictor linear in ``y`` (as the one-layer model is), so ``ridge_loss`` is a true
-floor. With ``"shared"`` targets the loss-optimal prediction of a labelled token is its label, not
-ridge: a model that copies its prompt ends below ``ridge_loss`` there (docs/science.md §T.3).
+With ``"independent"`` or ``"noiseless"`` targets ``ridge_loss`` is the floor of models linear in ``y``, as
+the one-layer one; with ``"shared"`` targets a model that copies its prompt ends below it (§T.3).
 """
 
 from __future__ import annotations
@@ -39,29 +32,20 @@ from icrl.regression.models import OneLayerMultiHead, TransformerBaseline
 from icrl.regression.references import best_reference, ridge_reference
 
 SET_PREFIXES = ("", "unseen_task_")  # dataloader_idx 0, 1: in-distribution prompts, unseen tasks
-METRICS = (
-    "loss", "unseen_example_loss", "ridge_loss", "unseen_example_ridge_loss", "best_loss", "ridge_gap",
-    "labelled_ridge_gap", "unseen_example_ridge_gap", "best_gap", "ridge_best_gap",
-)
+METRICS = ("loss", "unseen_example_loss", "ridge_loss", "unseen_example_ridge_loss", "best_loss", "ridge_gap",
+           "labelled_ridge_gap", "unseen_example_ridge_gap", "best_gap", "ridge_best_gap")
 
 
 class TemplateRegressionModule(IcrlModule):
-    """Trains ``self.net`` (built by a subclass) on template-regression prompts.
+    """Trains ``self.net`` (built by a subclass) on template-regression prompts of ``task`` (the data's).
 
-    Args:
-        task: sizes of the task, linked from ``TemplateRegressionDataModule.task``.
-        gamma: the read-out ``w`` trains with step size ``γ² η`` where ``η`` is the optimizer's lr
-            (docs/science.md §T.2: ``η_w = γ² η_Q``).
-        optimizer: optimizer factory over the parameter groups ``[Q (all but the read-out), w]``;
-            default Adam with lr 1e-4 (paper).
-        lr_drop_step: multiply both step sizes by ``lr_drop_factor`` from this training step on
-            (``None``: constant step sizes, the paper's). A late drop removes the jitter a constant
-            step size leaves around the minimum (docs/science.md §T.3).
-        lr_drop_factor: the factor, in (0, 1].
+    ``optimizer`` (default Adam, lr 1e-4, the paper's) gets the groups ``[Q (all but the read-out), w]``;
+    ``w`` trains at ``γ² η`` (§T.2: ``η_w = γ² η_Q``). ``lr_drop_step``: multiply both step sizes by
+    ``lr_drop_factor`` in (0, 1] from this step on (``None``: constant, the paper's); a late drop removes
+    the jitter a constant step leaves around the minimum (§T.3).
 
-    Besides the validation metrics it logs ``train/excess_loss``: the training loss minus the loss of
-    the least-squares predictor linear in the prompt labels, fitted on the same batch. No predictor
-    linear in ``y``, as the one-layer model is, can go below that fit, so for it the excess is ≥ 0 and is
+    It logs ``train/excess_loss``: the training loss minus that of the least-squares predictor linear in
+    the prompt labels, fitted on the batch; for a model linear in ``y``, as the one-layer one, it is ≥ 0,
     its distance to the batch's global minimum (Theorem 1 of the paper: it falls at a linear rate).
     """
 
@@ -90,6 +74,7 @@ class TemplateRegressionModule(IcrlModule):
         if self.is_logging_step():
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/excess_loss", loss.detach() - least_squares_loss(y_prompt, target))
+            self.log_epoch()
         return loss
 
     def metric_inputs(self, batch: dict, dataloader_idx: int) -> dict[str, tuple[Tensor, Tensor]]:
@@ -99,9 +84,8 @@ class TemplateRegressionModule(IcrlModule):
         ridge, best = ridge_reference(f, y, tau), best_reference(f, y, tau)  # (B, K) each
         pairs = dict(loss=(y_hat, t), unseen_example_loss=(y_hat[:, n:], t[:, n:]), ridge_loss=(ridge, t),
                      unseen_example_ridge_loss=(ridge[:, n:], t[:, n:]), best_loss=(best, t), ridge_gap=(y_hat, ridge),
-                     labelled_ridge_gap=(y_hat[:, :n], ridge[:, :n]),
-                     unseen_example_ridge_gap=(y_hat[:, n:], ridge[:, n:]), best_gap=(y_hat, best),
-                     ridge_best_gap=(ridge, best))
+                     labelled_ridge_gap=(y_hat[:, :n], ridge[:, :n]), best_gap=(y_hat, best),
+                     unseen_example_ridge_gap=(y_hat[:, n:], ridge[:, n:]), ridge_best_gap=(ridge, best))
         # MSE views its inputs flat; token slices are strided
         return {SET_PREFIXES[dataloader_idx] + name: (a.flatten(), b.flatten()) for name, (a, b) in pairs.items()}
 
@@ -117,9 +101,8 @@ class TemplateRegressionModule(IcrlModule):
 
 
 def least_squares_loss(y_prompt: Tensor, target: Tensor) -> Tensor:
-    """``min_A (1/(BK)) ‖y_prompt A − target‖²``: the loss of the best predictor linear in the prompt labels,
-    fitted on this batch (in float64 on the CPU, which every device can hand over (Apple's MPS has no float64);
-    a float32 scalar on the inputs' device).
+    """``min_A (1/(BK)) ‖y_prompt A − target‖²``, fitted in float64 on the CPU (Apple's MPS has no float64);
+    a float32 scalar on the inputs' device.
 
     >>> y = torch.tensor([[1.0], [2.0]]); least_squares_loss(y, 3 * y) < 1e-12  # exactly linear: 0
     tensor(True)

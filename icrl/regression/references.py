@@ -11,8 +11,8 @@ regression over the basis, ``λ̂ = (Z Zᵀ + r I)^{-1} Z y``, ``ŷ = F_Kᵀ λ�
 - ``best_reference``: ``r = N τ``: the paper's "best" predictor; the gap between the two vanishes
   at ``N = m`` (Fig. 3).
 
-All functions work in batch: ``f`` is ``(K, m)`` (one table for every prompt) or ``(B, K, m)``,
-``y`` is ``(B, N)``, and ``torch.linalg.solve`` is used, never an explicit inverse.
+``f`` is ``(K, m)`` (one table for every prompt) or ``(B, K, m)``, ``y`` is ``(B, N)``; ``torch.linalg.solve``
+is used, never an explicit inverse.
 """
 
 from __future__ import annotations
@@ -22,15 +22,7 @@ from torch import Tensor
 
 
 def ridge_predict(f: Tensor, y: Tensor, reg: float) -> Tensor:
-    """``ŷ = F_Kᵀ (Z Zᵀ + reg·I)^{-1} Z y`` for the prompts ``y`` (the first ``N = y.shape[-1]`` tokens).
-
-    Args:
-        f: representation table ``f(v_k)``, ``(K, m)`` or ``(B, K, m)``.
-        y: prompt labels, ``(B, N)``.
-        reg: ridge regulariser ``r ≥ 0`` (``Z Zᵀ + r I`` must be invertible).
-
-    Returns:
-        Predictions for all ``K`` tokens, ``(B, K)``.
+    """Predictions ``ŷ = F_Kᵀ (Z Zᵀ + reg·I)^{-1} Z y`` ``(B, K)`` from prompts ``y`` ``(B, N)``, ``reg ≥ 0``.
 
     >>> f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # K=3 tokens, m=2; Z = I
     >>> ridge_predict(f, torch.tensor([[2.0, 4.0]]), reg=0.0)

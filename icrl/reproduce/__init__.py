@@ -26,7 +26,8 @@ from icrl.reproduce.experiments import Experiment, label
 from icrl.reproduce.plan import configs_dir, parse_fit_args, plan
 from icrl.reproduce.recall import RECALL_EXPERIMENTS
 from icrl.reproduce.regression import REGRESSION_EXPERIMENTS
-from icrl.sweep import add_execution_arguments, check_execution_arguments, run_sweep, summary
+from icrl.sweep import (Stopped, add_execution_arguments, check_execution_arguments, exit_stopped, locked,
+                        plan_sweep, run_sweep, summary)
 
 __all__ = ["main", "reproduce", "experiments"]
 
@@ -39,7 +40,8 @@ def experiments() -> dict[str, Experiment]:
 def reproduce(names: list[str], args: argparse.Namespace, command: str) -> tuple[Path, list[str]]:
     """Run the experiments ``names`` with ``icrl-reproduce``'s options ``args``; write their figures,
     ``results.md`` and the sweep's summary into ``args.out``; return the path of ``results.md`` and
-    the folders of the runs that failed. ``ValueError`` for options that cannot run, before any run.
+    the folders of the runs that failed. ``ValueError`` for options that cannot run, before any run;
+    ``Stopped`` by SIGINT / SIGTERM (nothing written but the runs).
     """
     registry, out, seeds = experiments(), args.out, list(args.seeds)
     unknown = [n for n in names if n not in registry]
@@ -61,23 +63,25 @@ def reproduce(names: list[str], args: argparse.Namespace, command: str) -> tuple
         scoped.append(("recall/*", ["--trainer.callbacks+=icrl.recall.images.RecallImages"]))
     points_of = plan(exps, args.quick, args.steps, args.configs, scoped)
     points = list(dict.fromkeys(points_of.values()))
-    done = run_sweep(points, seeds, args.runs_dir or out / "runs", args.backend, args.jobs, args.threads, args.reuse,
-                     args.address, args.progress)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    sections = []
-    for exp in exps:
-        data = {p: {s: done[points_of[exp.name, label(p)], s] for s in seeds} for p in exp.points}
-        pngs = plots.draw_experiment(exp, data, out / "figures")
-        sections.append(results.section(exp, data, [p.relative_to(out) for p in pngs], args.quick, seeds))
-    summary.write(out, points, {p: {s: done[p, s] for s in seeds} for p in points})
-    mode = "quick (reduced sizes, see each experiment)" if args.quick else "full (the configs as they are)"
-    if args.fit_args or args.steps:
-        mode += ", with the command's overrides"
-    unique = {r["key"]: r for r in done.values()}
-    reused = sum(bool(r.get("reused")) for r in unique.values())
-    timing = f"this invocation took {time.perf_counter() - start:.0f} s, {len(unique)} runs"
-    timing += f" ({reused} reused from earlier invocations)" if reused else ""
-    path = results.write(out, sections, command, seeds, mode, timing)
+    runs_dir = args.runs_dir or out / "runs"
+    planned = plan_sweep(points, seeds, runs_dir, args.threads)
+    with locked(out, runs_dir):
+        done = run_sweep(planned, args.backend, args.jobs, args.threads, args.reuse, args.address, args.progress)
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        sections = []
+        for exp in exps:
+            data = {p: {s: done[points_of[exp.name, label(p)], s] for s in seeds} for p in exp.points}
+            pngs = plots.draw_experiment(exp, data, out / "figures")
+            sections.append(results.section(exp, data, [p.relative_to(out) for p in pngs], args.quick, seeds))
+        summary.write(out, points, {p: {s: done[p, s] for s in seeds} for p in points})
+        mode = "quick (reduced sizes, see each experiment)" if args.quick else "full (the configs as they are)"
+        if args.fit_args or args.steps:
+            mode += ", with the command's overrides"
+        unique = {r["key"]: r for r in done.values()}
+        reused = sum(bool(r.get("reused")) for r in unique.values())
+        timing = f"this invocation took {time.perf_counter() - start:.0f} s, {len(unique)} runs"
+        timing += f" ({reused} reused from earlier invocations)" if reused else ""
+        path = results.write(out, sections, command, seeds, mode, timing)
     return path, sorted({r["dir"] for r in unique.values() if r["exit_code"] != 0})
 
 
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         path, failed = reproduce(names, args, shlex.join(["icrl-reproduce", *argv]))
     except ValueError as err:
         p.error(str(err))
+    except Stopped as stop:
+        exit_stopped("icrl-reproduce", argv, stop)
     figures = path.parent / "figures"
     print(f"icrl-reproduce: wrote {path} and {len(list(figures.glob('*.png')))} figures in {figures}")
     if failed:  # the figures and tables are written all the same, the failed runs marked in results.md

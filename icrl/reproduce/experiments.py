@@ -1,12 +1,6 @@
-"""The experiments of ``icrl-reproduce``: each paper figure as sweep points, figures and claims.
-
-An ``Experiment`` is plain data: the points to train (``icrl.sweep.grid.Point``s made by ``point``:
-a YAML under ``configs/``, the ``icrl fit`` overrides that make the figure's variant, the name of
-its line and its coordinates), the ``Figure``s to draw from their logged scalars, the end values to
-tabulate and the ``Check``s: the papers' claims (Bayes risk, docs/science.md §R.6's closed forms,
-ridge gaps) as a reference value and a tolerance. ``--quick`` appends the experiment's ``quick``
-overrides to the points whose name matches their glob. The experiments themselves are defined in
-``icrl.reproduce.recall`` and ``icrl.reproduce.regression``; add one there and to their tuple.
+"""The experiments of ``icrl-reproduce`` as plain data: each paper figure's sweep points, the ``Figure``s
+drawn from their logged scalars, the end values to tabulate and the ``Check``s (the papers' claims: a
+reference value and a tolerance). Defined in ``icrl.reproduce.recall`` and ``icrl.reproduce.regression``.
 """
 
 from __future__ import annotations
@@ -35,6 +29,12 @@ def point(model: str, config: str, overrides: tuple[str, ...] = (), params: dict
     own = {k.removeprefix("--"): v for k, v in zip(overrides[::2], overrides[1::2])}
     name = safe(config.removesuffix(".yaml").replace("/", "-")) + (f"/{point_name(own)}" if own else "")
     return Point(name, config, tuple(overrides), own, model, params or {})
+
+
+def schedule(steps: int, val_every: int, log_every: int) -> tuple[str, ...]:
+    """The ``icrl fit`` overrides of a run's length and its validation and logging cadence."""
+    return ("--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(val_every),
+            "--trainer.log_every_n_steps", str(log_every))
 
 
 def label(p: Point) -> str:
@@ -77,11 +77,10 @@ class Ref:
 class Check:
     """A claim of the paper on one point's end value (mean over seeds) against a reference.
 
-    ``where`` selects the point (``matches``); ``reference`` is a number (theory) or a ``Ref`` (a
-    measured value: the ridge loss, another point).
-    ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the value
-    of the point's curve that is checked, ``"end"`` (last logged), ``"first"``, ``"max"`` (largest) or
-    ``"log_slope"`` (the slope of its logarithm against step where it lies in ``window``: a linear rate).
+    ``where`` selects the point (``matches``); ``reference`` is a number (theory) or a ``Ref`` (a measured
+    value). ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the
+    value of the curve checked, ``"end"`` (last logged), ``"first"``, ``"max"`` or ``"log_slope"`` (the slope
+    of its logarithm against step where it lies in ``window``: a linear rate).
     """
 
     where: dict
@@ -113,11 +112,9 @@ class Check:
 
 
 @dataclass(frozen=True)
-class Curves:
-    """A panel: ``metric`` against training step, one line per selected point (mean, min–max over seeds).
-
-    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric (``where`` then selects one point).
-    """
+class Panel:
+    """A panel: ``metric`` of the points ``where`` selects, one line per ``legend`` (or, for a tuple of
+    ``(metric, label)``, one line per metric), losses on a log axis, a ``theory`` curve over x dashed beside them."""
 
     metric: str | tuple[tuple[str, str], ...]
     title: str
@@ -125,12 +122,22 @@ class Curves:
     where: dict = field(default_factory=dict)
     legend: tuple[str, ...] = ("model",)  # point attributes that name a line
     log: bool = True
+    theory: Callable[[float], float] | None = None
+    theory_label: str = ""
+
+    @property
+    def metrics(self) -> tuple[tuple[str, str | None], ...]:
+        return self.metric if isinstance(self.metric, tuple) else ((self.metric, None),)
+
+
+@dataclass(frozen=True)
+class Curves(Panel):
+    """A panel over training: mean and min–max over seeds of each selected point."""
+
     refs: tuple[tuple[float, str], ...] = ()  # horizontal lines: (value, label)
     ref_metrics: tuple[tuple[str, str], ...] = ()  # horizontal lines at a metric's mean end value: (metric, label)
     x: str = "step"  # or "time": wall-clock seconds since the point's logger started; or "epoch" (below)
     epoch_steps: int = 0  # with x="epoch": steps per epoch; a value logged after step s is drawn at (s+1)/epoch_steps
-    theory: Callable[[float], float] | None = None  # a theory curve over x, drawn dashed beside the points
-    theory_label: str = ""
 
     def __post_init__(self):
         if self.x not in ("step", "time", "epoch") or (self.x == "epoch") != (self.epoch_steps > 0):
@@ -139,22 +146,12 @@ class Curves:
 
 
 @dataclass(frozen=True)
-class Sweep:
-    """A panel: the end value of ``metric`` against the point parameter ``x``, one line per ``legend``.
+class Sweep(Panel):
+    """A panel of end values against the point parameter ``x``; markers only beside a ``theory`` curve,
+    which a straight segment between two points could cross."""
 
-    ``metric`` may also be a tuple of ``(metric, label)``: one line per metric, over all selected points.
-    """
-
-    metric: str | tuple[tuple[str, str], ...]
-    x: str
-    title: str
-    ylabel: str
-    where: dict = field(default_factory=dict)
-    legend: tuple[str, ...] = ("model",)
-    log: bool = True
+    x: str = field(kw_only=True)
     logx: bool = False
-    theory: Callable[[float], float] | None = None
-    theory_label: str = ""
     vlines: tuple[tuple[float, str], ...] = ()  # vertical reference lines: (x, label)
 
 

@@ -1,10 +1,7 @@
 """The experiments of ``icrl-reproduce`` as one sweep: their points, with this invocation's overrides.
 
-An experiment's points carry their own overrides; ``plan`` appends the ``--quick`` ones (the
-experiment's ``{glob: args}``, globs over point names), the ``--steps`` ones and the command's
-``--fit-args`` (``GLOB:ARGS``, globs over config paths), and finds the config in the configs
-directory. Points shared by several experiments (the same config and overrides) are one point,
-and ``icrl.sweep.run_sweep`` trains each point × seed once.
+Points shared by several experiments (the same config and overrides) are one point, which
+``icrl.sweep.run_sweep`` trains once per seed.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from icrl.reproduce.experiments import Experiment, label
+from icrl.reproduce.experiments import Experiment, label, schedule
 from icrl.sweep.grid import Point
 
 
@@ -47,26 +44,20 @@ def scoped(target: str, globs: Iterable[tuple[str, Sequence[str]]]) -> list[str]
     return [a for glob, args in globs if fnmatch.fnmatch(target, glob) for a in args]
 
 
-def steps_args(steps: int | None) -> list[str]:
-    """``--steps``: every run's max_steps, validated 10 times."""
-    if steps is None:
-        return []
-    return ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(max(1, steps // 10)),
-            "--trainer.log_every_n_steps", str(max(1, steps // 50))]
-
-
 def plan(exps: list[Experiment], quick: bool = False, steps: int | None = None, configs: Path | None = None,
          fit_args: list[tuple[str, list[str]]] = ()) -> dict[tuple[str, str], Point]:
     """The sweep points of ``exps``: ``{(experiment, point label): point}``; equal points are the same point.
 
-    ``fit_args``: ``(glob, args)`` pairs; ``args`` are appended to the points whose config (relative
-    to the configs directory) matches ``glob``.
+    A point's arguments: its own, then with ``quick`` the experiment's ``--quick`` overrides (globs over
+    point names), with ``steps`` every run's max_steps (validated 10 times), then the ``fit_args``
+    ``(glob, args)`` whose glob matches its config path (relative to ``configs``).
     """
     configs = configs or configs_dir()
+    length = schedule(steps, max(1, steps // 10), max(1, steps // 50)) if steps is not None else ()
     points = {}
     for exp in exps:
         for p in exp.points:
-            args = (*p.args, *(scoped(p.name, exp.quick.items()) if quick else ()), *steps_args(steps),
-                    *scoped(p.config, fit_args))
+            quick_args = scoped(p.name, exp.quick.items()) if quick else ()
+            args = (*p.args, *quick_args, *length, *scoped(p.config, fit_args))
             points[exp.name, label(p)] = replace(p, config=str(configs / p.config), args=args)
     return points

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib import figure as mpl_figure
 from matplotlib import ticker
 
-from icrl.reproduce.experiments import LOSS_FLOOR, PARAM_NAMES, Curves, Experiment, Figure, Sweep, matches
+from icrl.reproduce.experiments import LOSS_FLOOR, PARAM_NAMES, Curves, Experiment, Figure, Panel, Sweep, matches
 from icrl.reproduce.results import Seeds, mean_end
 from icrl.sweep.grid import Point
 from icrl.sweep.tables import end_values, nan_mean
@@ -47,7 +47,7 @@ def _floor(values: np.ndarray, log: bool) -> tuple[np.ndarray, bool]:
     return np.maximum(clipped, LOSS_FLOOR), bool((clipped < LOSS_FLOOR).any())
 
 
-def _theory(ax, panel: Curves | Sweep, xs: list[float], logx: bool = False) -> None:
+def _theory(ax, panel: Panel, xs: list[float], logx: bool = False) -> None:
     """The panel's theory curve, dashed, over the x range its runs cover."""
     if panel.theory is None or not xs:
         return
@@ -59,9 +59,8 @@ def _theory(ax, panel: Curves | Sweep, xs: list[float], logx: bool = False) -> N
 
 def _curves(ax, panel: Curves, data: dict[Point, Seeds], colors: dict[str, str]) -> bool:
     clipped, xs = False, []
-    metrics = panel.metric if isinstance(panel.metric, tuple) else ((panel.metric, None),)
     for point, seeds in data.items():
-        for (metric, label), style in zip(metrics, ["-", "--", ":"] * 3):  # a metric drawn over another stays visible
+        for (metric, label), style in zip(panel.metrics, ["-", "--", ":"] * 3):  # a metric over another stays visible
             if not matches(point, panel.where) or (found := seed_curves(seeds, metric, panel.x)) is None:
                 continue
             steps, values = found
@@ -90,10 +89,9 @@ def _curves(ax, panel: Curves, data: dict[Point, Seeds], colors: dict[str, str])
 
 def _sweep(ax, panel: Sweep, data: dict[Point, Seeds], colors: dict[str, str]) -> bool:
     groups: dict[str, list[tuple[float, np.ndarray]]] = {}
-    metrics = panel.metric if isinstance(panel.metric, tuple) else ((panel.metric, None),)
     for point, seeds in data.items():
         if matches(point, panel.where) and panel.x in point.params:
-            for metric, label in metrics:
+            for metric, label in panel.metrics:
                 name = label or line_name(point, panel.legend)
                 groups.setdefault(name, []).append((point.params[panel.x], end_values(seeds, metric)))
     clipped, xs = False, []
@@ -104,10 +102,10 @@ def _sweep(ax, panel: Sweep, data: dict[Point, Seeds], colors: dict[str, str]) -
         vals = [_floor(p[1], panel.log) for p in points]
         clipped |= any(c for _, c in vals)
         mean = np.array([nan_mean(v) for v, _ in vals])
-        lo = np.array([np.nanmin(v) if len(v) else np.nan for v, _ in vals])
-        hi = np.array([np.nanmax(v) if len(v) else np.nan for v, _ in vals])
+        lo, hi = (np.array([extreme(v) if len(v) else np.nan for v, _ in vals]) for extreme in (np.nanmin, np.nanmax))
         color = colors.setdefault(name, f"C{len(colors) % 10}")
-        ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], color=color, marker="o", ms=4, capsize=3, label=name, lw=1.4)
+        ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], color=color, marker="o", ms=4, capsize=3, label=name, lw=1.4,
+                    ls="none" if panel.theory else "-")  # a segment between two points could cross the theory curve
     _theory(ax, panel, xs, panel.logx)
     for x, label in panel.vlines:
         ax.axvline(x, color="0.4", ls=":", lw=1.2, label=label)
@@ -130,14 +128,12 @@ def _log_ticks(axis, lo: float, hi: float) -> None:
     axis.set_minor_formatter(ticker.FuncFormatter(minor))
 
 
-def draw(figure: Figure, data: dict[Point, Seeds], path: Path, colors: dict[str, str] | None = None) -> Path:
-    """Draw ``figure`` from the points' scalars into ``path`` (PNG)."""
-    colors = {} if colors is None else colors
+def draw(figure: Figure, data: dict[Point, Seeds], path: Path, colors: dict[str, str]) -> Path:
+    """Draw ``figure`` from the points' scalars into ``path`` (PNG), a line's colour from ``colors`` (by name)."""
     n = len(figure.panels)
     ncols = 2 if n == 4 else min(n, 3)
     nrows = math.ceil(n / ncols)
-    height = 3.4 * nrows + 0.8  # inches: panels, the title and the legend row below
-    fig = mpl_figure.Figure(figsize=(4.6 * ncols, height))
+    fig = mpl_figure.Figure(figsize=(4.6 * ncols, 3.4 * nrows + 0.8), layout="constrained")  # + the title, the legend
     axes = fig.subplots(nrows, ncols, squeeze=False)
     clipped = False
     for ax, panel in zip(axes.flat, figure.panels):
@@ -156,12 +152,14 @@ def draw(figure: Figure, data: dict[Point, Seeds], path: Path, colors: dict[str,
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     handles = {lab: h for ax in axes.flat for h, lab in zip(*ax.get_legend_handles_labels()) if lab in colors}
-    ncol = min(len(handles), 5)
-    legend_rows = math.ceil(len(handles) / max(ncol, 1))
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, fontsize=9, frameon=False)
-    note = f"   (values ≤ {LOSS_FLOOR:g} drawn at {LOSS_FLOOR:g})" if clipped else ""
+    for ncol in range(min(len(handles), 5), 0, -1):  # as many columns as fit the figure's width
+        legend = fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=ncol, fontsize=9,
+                            frameon=False)
+        if ncol == 1 or legend.get_window_extent().width <= fig.bbox.width:
+            break
+        legend.remove()
+    note = f"\n(values ≤ {LOSS_FLOOR:g} drawn at {LOSS_FLOOR:g})" if clipped else ""
     fig.suptitle(figure.title + note, fontsize=11)
-    fig.tight_layout(rect=(0, 0.3 * legend_rows / height, 1, 1))
     fig.savefig(path, dpi=90)
     return path
 

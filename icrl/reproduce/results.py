@@ -33,14 +33,13 @@ def check_rows(exp: Experiment, data: dict[Point, Seeds]) -> list[list[str]]:
     for check in exp.checks:
         point = find_point(exp, check.where)
         values = end_values(data.get(point, {}), check.metric, check.at, check.window)
-        mean = nan_mean(values)
         ref = check.reference
         if isinstance(ref, Ref):
             ref_point = point if ref.where is None else find_point(exp, ref.where)
             ref = ref.scale * mean_end(data.get(ref_point, {}), ref.metric, ref.at, ref.window)
         metric = f"`{check.metric}`" + (f" ({reading_text(check)})" if reading_text(check) else "")
         rows.append([label(point), metric, fmt_values(values), check.expected(ref), check.claim,
-                     "✓" if check.holds(mean, ref) else "✗"])
+                     "✓" if check.holds(nan_mean(values), ref) else "✗"])
     return rows
 
 
@@ -65,30 +64,24 @@ def section(exp: Experiment, data: dict[Point, Seeds], pngs: list[Path], quick: 
     if quick and exp.quick_note:
         parts.append(f"`--quick`: {exp.quick_note}.")
     parts += ["", *(f"![{p.stem}]({p.as_posix()})" for p in pngs), ""]
-    n = len(seeds)
-    results = [r for seeds_ in data.values() for r in seeds_.values()]
-    wall = sum(r.get("wall_s", 0) for r in results)
-    parts += [f"{len(data)} runs × {n} seed{'s' * (n > 1)}, trained in {wall:.0f} s of wall-clock time in total "
-              "(sum over runs).", ""]
+    over = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
+    wall = sum(r.get("wall_s", 0) for runs in data.values() for r in runs.values())
+    parts += [f"{len(data)} runs × {over}, trained in {wall:.0f} s of wall-clock time in total (sum over runs).", ""]
     if exp.checks:
         rows = check_rows(exp, data)
         held = sum(r[-1] == "✓" for r in rows)
-        parts += [f"Claims ({held}/{len(rows)} hold; measured: mean ± std over {n} seed{'s' * (n > 1)}, "
-                  "at the last validation):", "",
+        parts += [f"Claims ({held}/{len(rows)} hold; measured: mean ± std over {over}, at the last validation):", "",
                   table(["run", "metric", "measured", "paper / theory", "claim", "matches"], rows), ""]
     parts += ["End values (mean ± std over seeds):", "", table(*value_rows(exp, data)), ""]
     return "\n".join(parts)
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):  # no /proc (macOS, Windows), or no model name in it
+        cpu = platform.processor() or platform.machine()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {device}, "
             f"torch {torch.__version__}")

@@ -15,37 +15,48 @@ content hash, see ``icrl.sweep.job``), so ``tensorboard --logdir OUT/runs`` comp
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
+from icrl.checkpoints import EXIT_CODES
 from icrl.sweep import grid, summary
-from icrl.sweep.backends import BACKENDS, Progress, execute
+from icrl.sweep.backends import BACKENDS, Progress, Stopped, execute
 from icrl.sweep.grid import Point
-from icrl.sweep.job import code_version, finished, plan_job
+from icrl.sweep.job import code_version, finished, last_checkpoint, plan_job
 
-__all__ = ["run_sweep", "main"]
+__all__ = ["plan_sweep", "run_sweep", "locked", "Stopped", "exit_stopped", "main"]
 
 
-def run_sweep(points: list[Point], seeds: list[int], runs_dir: Path, backend: str = "local", jobs: int = 1,
-              threads: int = 1, reuse: bool = False, address: str | None = None,
-              progress: bool = True) -> dict[tuple[Point, int], dict]:
-    """Train every point × seed (each distinct job once); return ``{(point, seed): result}``.
-
-    ``reuse``: keep the jobs that finished with exactly this config, seed and code, and resume the
-    unfinished ones from their ``last.ckpt``; without it every job starts afresh.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"--backend {backend!r}: choose from {list(BACKENDS)}")
-    version = code_version()
-    jobs_of, by_key = {}, {}
+def plan_sweep(points: list[Point], seeds: list[int], runs_dir: Path, threads: int = 1) -> dict[tuple[Point, int], dict]:
+    """Every point × seed's job, its settings checked by building its model and data (``icrl.sweep.job``):
+    ``ValueError`` naming the point for any that ``icrl fit`` would refuse, before any run or folder."""
+    version, planned = code_version(), {}
     for point in points:
         for seed in seeds:
             try:
-                job = plan_job(point.config, point.args, seed, runs_dir / point.name, version, threads)
+                planned[point, seed] = plan_job(point.config, point.args, seed, runs_dir / point.name, version, threads)
             except ValueError as err:
                 raise ValueError(f"point {point.name} (config {point.config}): {err}") from None
-            jobs_of[point, seed] = by_key.setdefault(job["key"], job)
+    return planned
+
+
+def run_sweep(planned: dict[tuple[Point, int], dict], backend: str = "local", jobs: int = 1, threads: int = 1,
+              reuse: bool = False, address: str | None = None, progress: bool = True) -> dict[tuple[Point, int], dict]:
+    """Train every planned job (each distinct one once); return ``{(point, seed): result}``.
+
+    ``reuse``: keep the jobs that finished with exactly this config, seed and code, and resume the
+    unfinished ones from their ``last.ckpt``; without it every job starts afresh. ``Stopped`` after
+    SIGINT / SIGTERM (``icrl.sweep.backends.Stop``), saying what was kept.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: choose from {list(BACKENDS)}")
+    by_key = {}
+    for job in planned.values():
+        by_key.setdefault(job["key"], job)
     results, todo = {}, []
     for key, job in by_key.items():
         if reuse and (done := finished(job)) is not None:
@@ -57,9 +68,39 @@ def run_sweep(points: list[Point], seeds: list[int], runs_dir: Path, backend: st
     show = Progress(len(todo), jobs, progress)
     if results:
         show.note(f"icrl sweep: {len(results)} of {len(by_key)} runs reused (finished earlier with this config)")
-    if todo:
-        results.update((r["key"], r) for r in execute(todo, backend, jobs, threads, show, address))
-    return {ps: results[job["key"]] for ps, job in jobs_of.items()}
+    try:
+        if todo:
+            results.update((r["key"], r) for r in execute(todo, backend, jobs, threads, show, address))
+    except Stopped as stop:
+        ended = [*results.values(), *stop.results]
+        kept = sum(r["exit_code"] != 0 and last_checkpoint(Path(r["dir"])) is not None for r in ended)
+        stop.args = (f"{stop}: {sum(r['exit_code'] == 0 for r in ended)} of {len(by_key)} runs finished, {kept} "
+                     "stopped with a checkpoint",)
+        raise
+    return {ps: results[job["key"]] for ps, job in planned.items()}
+
+
+@contextlib.contextmanager
+def locked(*folders: Path):
+    """Holds ``<folder>/.lock`` of each folder (created) while the block runs: ``ValueError`` when another sweep
+    holds one. The OS releases a lock when its process ends, killed or not."""
+    with contextlib.ExitStack() as held:
+        for folder in dict.fromkeys(folders):
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context(open(folder / ".lock", "w"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(f"{folder} is in use by another sweep (it holds {folder / '.lock'}); wait for it to "
+                                 "end or choose another folder") from None
+        yield
+
+
+def exit_stopped(prog: str, argv: list[str], stop: Stopped) -> None:
+    """The one line of a stopped sweep (what was kept, the command that continues it); exit 130 / 143."""
+    again = shlex.join([*prog.split(), *argv, *["--reuse"] * ("--reuse" not in argv)])
+    print(f"{prog}: stopped by {stop}; continue with: {again}", file=sys.stderr)
+    sys.exit(EXIT_CODES[stop.signum])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,20 +139,24 @@ def check_execution_arguments(p: argparse.ArgumentParser, args: argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``icrl sweep``: exit 0 when every run finished, 1 when any failed, 2 on a bad sweep file or option."""
+    """``icrl sweep``: exit 0 when every run finished, 1 when any failed, 2 on a bad sweep file or option, 130 / 143
+    when stopped by SIGINT / SIGTERM."""
+    argv = sys.argv[2:] if argv is None else argv
     p = parser()
-    args = p.parse_args(sys.argv[2:] if argv is None else argv)
+    args = p.parse_args(argv)
     check_execution_arguments(p, args)
     out = args.out or Path("runs") / args.sweep.stem
     try:
         sweep = grid.load(args.sweep)
-        done = run_sweep(list(sweep.points), list(sweep.seeds), out / "runs", args.backend, args.jobs, args.threads,
-                         args.reuse, args.address, args.progress)
+        planned = plan_sweep(list(sweep.points), list(sweep.seeds), out / "runs", args.threads)
+        with locked(out):
+            done = run_sweep(planned, args.backend, args.jobs, args.threads, args.reuse, args.address, args.progress)
+            path = summary.write(out, list(sweep.points),
+                                 {pt: {s: done[pt, s] for s in sweep.seeds} for pt in sweep.points}, sweep.metrics)
     except ValueError as err:
         p.error(str(err))
-    out.mkdir(parents=True, exist_ok=True)
-    path = summary.write(out, list(sweep.points), {pt: {s: done[pt, s] for s in sweep.seeds} for pt in sweep.points},
-                         sweep.metrics)
+    except Stopped as stop:
+        exit_stopped("icrl sweep", argv, stop)
     failed = sorted({r["dir"] for r in done.values() if r["exit_code"] != 0})
     print(f"icrl sweep: wrote {path} and {path.with_suffix('.csv')}; TensorBoard: tensorboard --logdir {out / 'runs'}")
     if failed:

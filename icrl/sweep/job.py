@@ -15,26 +15,32 @@ code, the wall time) when it ends; its scalars come back from the ``scalars.csv`
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import hashlib
 import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import yaml
 from jsonargparse import ArgumentError
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import _InstantiatorFn
 
 import icrl
 from icrl.callbacks import NonFiniteLossError
 from icrl.cli import IcrlCLI, cli_main, one_line
-from icrl.scalars import read_scalars
+from icrl.scalars import FILE, read_scalars
 
 RUNNER_ARGS = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 # Set by a distributed run for its ranks; inherited, they would make the next run join the old group.
@@ -88,11 +94,12 @@ class WarmCLI(IcrlCLI):
         self.parser, self._subcommand_method_arguments, self._subcommand_parsers = parsers()
 
 
-def resolve(config: str, args: tuple[str, ...] | list[str], seed: int) -> str:
+def resolve(config: str, args: tuple[str, ...] | list[str], seed: int, build: bool = False) -> str:
     """What ``icrl fit --print_config`` prints for this job (without its log folder).
 
     ``ValueError`` with the CLI's one-line message when the arguments do not parse (an unknown
-    setting, a value of the wrong type): the sweep refuses them before any run starts.
+    setting, a value of the wrong type) or, with ``build``, when the model or data class refuses
+    them (``alpha=1.5``): the sweep refuses them before any run starts.
     """
     parser = parsers()[2]["fit"]
     parser.exit_on_error = False  # raise the error instead of printing it and exiting
@@ -102,7 +109,21 @@ def resolve(config: str, args: tuple[str, ...] | list[str], seed: int) -> str:
         raise ValueError(one_line(str(err)) or "icrl fit refused the arguments") from None
     finally:
         parser.exit_on_error = True
-    return parser.dump(cfg, skip_unset=False)
+    text = parser.dump(cfg, skip_unset=False)
+    if build:  # the classes, links applied, without a Trainer: cheap at these sizes (docs/performance.md)
+        # Lightning's instantiators read the hyper-parameters off the CLI that last added them, by default the
+        # last run trained in this process: bind them to this config
+        dumped = SimpleNamespace(config_dump=yaml.safe_load(parser.dump(cfg, skip_link_targets=False, skip_none=False)),
+                                 _dump_config=lambda: None)
+        for key, base in (("model", LightningModule), ("data", LightningDataModule)):
+            parsers()[0].add_instantiator(_InstantiatorFn(dumped, key), base, subclasses=True)
+        try:
+            parser.instantiate(cfg)
+        except ValueError as err:
+            while isinstance(inner := err.__cause__ or err.__context__, ValueError):  # jsonargparse wraps the class's
+                err = inner
+            raise ValueError(str(err).splitlines()[0]) from None
+    return text
 
 
 def processes(trainer: dict) -> tuple[int, int]:
@@ -130,7 +151,7 @@ def processes(trainer: dict) -> tuple[int, int]:
 
 def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, version: str, threads: int = 1) -> dict:
     """A job: arguments, content key, folder ``folder/seed<S>-<key>``, the processes it asks for."""
-    text = resolve(config, args, seed)
+    text = resolve(config, args, seed, build=True)
     key = hashlib.sha256(f"{text}\n{version}".encode()).hexdigest()[:16]
     trainer = yaml.safe_load(text).get("trainer") or {}
     if int(trainer.get("num_nodes") or 1) > 1:  # its other nodes would wait for ranks nobody starts
@@ -144,14 +165,34 @@ def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, versio
 
 
 def finished(job: dict) -> dict | None:
-    """The result of this very job (same key) if it finished successfully earlier."""
+    """The result of this very job (same key) if it finished successfully earlier.
+
+    A damaged ``result.json`` or ``scalars.csv`` (a write cut short) makes the job unfinished, said in one line:
+    it resumes from its ``last.ckpt``, or trains afresh when its scalars are what is damaged.
+    """
     path = Path(job["dir"]) / "result.json"
-    if not path.exists():
+    try:
+        saved = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        print(f"icrl sweep: {path} is damaged ({err}); the run goes on from its last.ckpt", file=sys.stderr)
         return None
-    saved = json.loads(path.read_text())
     if saved.get("key") != job["key"] or saved.get("exit_code") != 0:
         return None
-    return {**saved, **job, "scalars": read_scalars(job["dir"]), "reused": True}
+    try:
+        return {**saved, **job, "scalars": scalars_of(job["dir"]), "reused": True}
+    except ValueError as err:
+        print(f"icrl sweep: {err}; the run is trained again from step 0", file=sys.stderr)
+        shutil.rmtree(job["dir"])
+        return None
+
+
+def scalars_of(job_dir: str | Path) -> dict:
+    """``read_scalars`` of a job's folder; ``ValueError`` naming its files for a malformed row."""
+    try:
+        return read_scalars(job_dir)
+    except (ValueError, csv.Error) as err:
+        files = ", ".join(map(str, sorted(Path(job_dir).rglob(FILE))))
+        raise ValueError(f"{files} is damaged (a malformed row: {err})") from None
 
 
 def last_checkpoint(job_dir: Path) -> Path | None:
@@ -187,8 +228,10 @@ def train_job(job: dict) -> dict:
     result = {**job, "exit_code": code, "error": None if code == 0 else f"exit code {code}",
               "log": str(job_dir / "log.txt"), "resumed_from": str(resume) if resume else None,
               "wall_s": time.perf_counter() - start}
-    (job_dir / "result.json").write_text(json.dumps(result))
-    return {**result, "scalars": read_scalars(job_dir)}
+    part = job_dir / "result.json.part"  # renamed into place: a killed sweep never leaves half a result.json
+    part.write_text(json.dumps(result))
+    os.replace(part, job_dir / "result.json")
+    return {**result, "scalars": scalars_of(job_dir)}
 
 
 def _fit_here(args: list[str], log) -> int:
@@ -197,7 +240,9 @@ def _fit_here(args: list[str], log) -> int:
     levels = [q.level for q in quiet]
     threads = torch.get_num_threads()
     code = 0
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
+        # the sweep's own command line is no argument of this run: LightningCLI's warning about it is noise
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         for q in quiet:
             q.setLevel(logging.WARNING)
         try:
