@@ -1,5 +1,4 @@
-"""The ``icrl`` command (``python -m icrl``): ``icrl sweep`` trains many runs (``icrl.sweep``); ``fit``,
-``validate`` and ``test`` are the LightningCLI (``icrl.cli``)."""
+"""The ``icrl`` command (``python -m icrl``): ``icrl sweep`` (``icrl.sweep``), else the LightningCLI (``icrl.cli``)."""
 
 import sys
 

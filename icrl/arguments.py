@@ -1,10 +1,5 @@
-"""The icrl command line's parser: a bad option, value or config file reported in one line, not 60 of usage.
-
-``one_line`` squeezes jsonargparse's nested message (``icrl sweep`` uses it for its points' arguments);
-``IcrlArgumentParser`` adds, for a key no setting has, the ``--config`` file and line it is on and the
-closest setting; ``check_yaml`` names the file and line of a YAML syntax error, which jsonargparse reports
-as ``"<unicode string>"``.
-"""
+"""The icrl parser: a bad option, value or ``--config`` file reported in one line, not 60 of usage, naming the file
+and line (jsonargparse says ``"<unicode string>"``) and the closest setting; ``icrl sweep`` uses ``one_line`` too."""
 
 from __future__ import annotations
 
@@ -32,10 +27,9 @@ def one_line(message: str) -> str:
     cls = re.search(r"class_path '([\w.]+)'", message)
     key = re.search(r'Parser key "([\w.]+)"', message)
     if option and cls:
-        name, path = option[1], cls[1]
-        line = f"Option '{name}' is not accepted by {path}" + (f" (--{key[1]}.{name})" if key else "")
-        accepted = list(inspect.signature(target).parameters) if callable(target := pydoc.locate(path)) else []
-        close = difflib.get_close_matches(name, accepted, n=1)
+        line = f"Option '{option[1]}' is not accepted by {cls[1]}" + (f" (--{key[1]}.{option[1]})" if key else "")
+        accepted = list(inspect.signature(target).parameters) if callable(target := pydoc.locate(cls[1])) else []
+        close = difflib.get_close_matches(option[1], accepted, n=1)
         return line + (f"; did you mean {close[0]}?" if close else f"; accepted: {', '.join(accepted)}")
     if re.search(r"--(optimizer|lr_scheduler)\b", message):
         return (f"{message.strip().splitlines()[0]}: the optimizer is the model's setting, e.g. "
@@ -53,18 +47,6 @@ def config_files(argv: list[str]) -> list[str]:
             for i, a in enumerate(argv) if a.startswith("--config=") or a == "--config" and i + 1 < len(argv)]
 
 
-def check_yaml(path: str) -> None:
-    """``ValueError`` naming the file, line and column of a YAML syntax error (jsonargparse names no file)."""
-    try:
-        yaml.safe_load(Path(path).read_text())
-    except OSError:
-        return  # jsonargparse reports a missing file itself
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        raise ValueError(f"--config {path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: "
-                         f"{err.problem or err.context}") from None
-
-
 def key_line(path: str, key: str) -> int | None:
     """The line of the dotted ``key`` (``trainer.max_steps``) in the YAML file ``path``, if it is there."""
     node = yaml.compose(Path(path).read_text())
@@ -80,8 +62,7 @@ def key_line(path: str, key: str) -> int | None:
 
 
 class IcrlArgumentParser(LightningArgumentParser):
-    """Reports a bad option in one line (with the closest accepted name, and for a key in a ``--config`` file,
-    the file and line), not 60 lines of usage."""
+    """Reports a bad option in one line: the closest accepted name and, for a key in a ``--config`` file, its line."""
 
     argv: list[str] = []  # the command line being parsed, set by IcrlCLI
 
@@ -90,6 +71,18 @@ class IcrlArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         print(f"icrl: error: {self.unknown_key(message) or one_line(message)}", file=sys.stderr)
         self.exit(2)
+
+    def check_yaml(self) -> None:
+        """Reports a YAML syntax error in a ``--config`` file, naming its file, line and column."""
+        for path in config_files(self.argv):
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except OSError:
+                continue  # jsonargparse reports a missing file itself
+            except yaml.MarkedYAMLError as err:
+                mark = err.problem_mark or err.context_mark
+                self.error(f"--config {path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: "
+                           f"{err.problem or err.context}")
 
     def unknown_key(self, message: str) -> str | None:
         """A key no setting has, as ``--config FILE, line N: 'key' ...; did you mean ...?``."""
@@ -102,8 +95,7 @@ class IcrlArgumentParser(LightningArgumentParser):
             return None
         if key.split(".")[0] in ("optimizer", "lr_scheduler"):
             return None  # one_line says where the optimizer is set
-        keys = [a.dest for a in commands.get(command, self)._actions]
-        close = difflib.get_close_matches(key, keys, n=1)
+        close = difflib.get_close_matches(key, [a.dest for a in commands.get(command, self)._actions], n=1)
         where = next((f"--config {path}, line {line}: " for path in config_files(self.argv)
                       if (line := key_line(path, key)) is not None), "")
         return f"{where}'{key}' is not a setting of icrl {command}" + (f"; did you mean {close[0]}?" if close else "")

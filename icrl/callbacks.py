@@ -21,29 +21,20 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteGuard(Callback):
     """Stops a run at the first non-finite training loss, and never checkpoints non-finite weights.
 
-    Every step's loss is checked; what differs is when the host reads the result:
-
-    - every ``check_every_n_steps`` steps, and before every checkpoint and at the end of training.
-      Between two reads the step only keeps a reference to its loss (no kernel, no sync); a read
-      stacks the kept losses and syncs once. The error still names the first non-finite step.
-    - ``check_every_n_steps=None`` (the default): every step on a CPU, where reading a scalar costs
-      nothing (``loss.item()``, no kernel); ``trainer.log_every_n_steps`` on an accelerator, where
-      a read per step would stall the pipeline (the logger syncs on those steps anyway).
-
-    A checkpoint is written only after all losses before it were read finite, and only of finite
-    weights, so the last checkpoint of a stopped run is its last good state. Under DDP each read
-    also combines the processes' verdicts (one small all-reduce), so all of them stop together.
+    Each step keeps its loss (no kernel, no sync); the kept ones are read with one sync every ``check_every_n_steps``
+    steps, before every checkpoint and at the end, naming the first non-finite step. ``None`` (the default): every
+    step on a CPU, where ``loss.item()`` costs nothing; on an accelerator, where a read per step would stall the
+    pipeline, ``trainer.log_every_n_steps`` (the logger syncs then anyway). Checkpoints follow a finite read and hold
+    finite weights: a stopped run's last one is its last good state. Under DDP all processes stop together.
     """
 
     def __init__(self, check_every_n_steps: int | None = None):
         if check_every_n_steps is not None and check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1 or None, got check_every_n_steps={check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
-        self._every = 1
         self._pending: list[tuple[int, torch.Tensor]] = []  # (global step, loss) not yet read
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._pending = []
         self._every = self.check_every_n_steps or (
             1 if pl_module.device.type == "cpu" else max(trainer.log_every_n_steps, 1))
 
@@ -65,7 +56,6 @@ class NonFiniteGuard(Callback):
                 self._message(trainer, pl_module, "the weights are not finite", trainer.global_step))
 
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Reads the kept losses (one host sync); raises at the first non-finite one."""
         if not self._pending:
             return
         steps, losses = zip(*self._pending)
@@ -92,8 +82,7 @@ class NonFiniteGuard(Callback):
 
 
 class HParamsSummary(Callback):
-    """The run's settings, flat and readable (``model.optimizer.lr``), in ``hparams.yaml`` when a fit starts, and
-    TensorBoard's HPARAMS tab (the settings and the end metrics) when it ends."""
+    """The run's flat settings: in ``hparams.yaml`` at a fit's start, in HPARAMS (with end metrics) at its end."""
 
     def __init__(self, settings: dict):
         config = {k: v for k, v in settings.items() if k not in ("config", "trainer")}
@@ -111,10 +100,9 @@ class HParamsSummary(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         writer = trainer.logger.experiment._get_file_writer()
-        # the session's settings and status only: a run's own experiment summary would fix the tab's columns to
-        # that run's (TensorBoard shows the first it finds), hiding the other family's settings and metrics
-        _, session_start, session_end = hparams_summary(self.params, metrics)
-        for summary in (session_start, session_end):  # TensorBoard reads each metric's last value
+        # the session's start and end only: the run's own experiment summary would fix the tab's columns to this
+        # run's (TensorBoard shows the first it finds), hiding the other family's settings and metrics
+        for summary in hparams_summary(self.params, metrics)[1:]:  # TensorBoard reads each metric's last value
             writer.add_summary(summary)
         writer.flush()
 
@@ -130,9 +118,8 @@ class SaveStageConfig(SaveConfigCallback):
 
 
 class StepProgressBar(TQDMProgressBar):
-    """The training bar counts optimizer steps up to ``max_steps``: a resumed run's bar goes on from its step,
-    with the time left. The training streams are endless, so Lightning's bar would show one epoch of ``n/?``;
-    it is named by the epoch only where the data module has epochs (``steps_per_epoch``)."""
+    """Counts optimizer steps up to ``max_steps``, a resumed run's from its step, with the time left (Lightning's
+    shows one epoch, ``n/?``, of the endless stream); named by the epoch where the data has ``steps_per_epoch``."""
 
     def on_train_epoch_start(self, trainer: Trainer, *_) -> None:
         super().on_train_epoch_start(trainer, *_)

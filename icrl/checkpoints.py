@@ -1,12 +1,8 @@
 """Fits that can be stopped and resumed exactly: the last checkpoint, clean stops, resume checks.
 
-Every ``icrl fit`` writes ``<log_dir>/checkpoints/last.ckpt`` (``log_dir`` is the TensorBoard
-version folder): every ``every_n_steps`` steps, at the end of the fit and when it is stopped by
-SIGINT or SIGTERM. Each write goes to a temporary file renamed over the old one, so a process
-killed mid-write (``kill -9``) leaves the previous checkpoint intact. A checkpoint records what was
-trained (``training_signature``); a resume under another world size, batch size, data or model config
-is refused before step 0 (``check_resume``), since the training stream is keyed by rank and batch
-and the resumed run would silently be another run.
+``last.ckpt`` goes through a temporary file renamed over the old one, so ``kill -9`` mid-write leaves the previous
+one intact. It records what was trained (``training_signature``): resuming under another world size, batch size,
+data or model config is refused before step 0 (``check_resume``), as the stream is keyed by rank and batch.
 """
 
 from __future__ import annotations
@@ -24,19 +20,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 SIGNATURE_KEY = "icrl_run"  # the checkpoint entry holding ``training_signature`` (its name in old checkpoints too)
-# Settings a resume may change without changing the run: the stream is the same for any number of
-# workers, and validation metrics are sums over examples whatever the batching.
+# free on a resume: the stream is the same for any number of workers; validation sums over examples, however batched
 FREE_SETTINGS = ("data.num_workers", "data.val_batch_size")
-DERIVED = "model.task."  # linked from the data settings
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` in the log folder's ``checkpoints/``: every ``every_n_steps`` steps and at the end.
-
-    ``every_n_steps=None`` writes it at the end (and on a stop) only. The end of a fit is also the
-    end of a stopped one (``StopCleanly``), so a stopped run keeps its last step.
-    """
+    """``last.ckpt`` in the log folder's ``checkpoints/``: every ``every_n_steps`` steps (``None``: never) and at
+    the end of every fit, a stopped one's included (``StopCleanly``)."""
 
     def __init__(self, every_n_steps: int | None = 500, signature: dict | None = None):
         if every_n_steps is not None and every_n_steps < 1:
@@ -50,8 +41,7 @@ class LastCheckpoint(ModelCheckpoint):
         return "RunCheckpoint"  # the same key whatever the interval (a resume may change it), and in old checkpoints
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # a checkpoint moved elsewhere only loses the record of its path: nothing to warn about
-        if state_dict.get("dirpath") == self.dirpath:
+        if state_dict.get("dirpath") == self.dirpath:  # a moved checkpoint only loses its path's record, unwarned
             super().load_state_dict(state_dict)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -71,23 +61,14 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 class StopCleanly(Callback):
-    """Ends every fit at a step boundary with a validation: at ``max_steps``, or after SIGINT / SIGTERM.
-
-    Lightning validates when ``trainer.should_stop`` is set, so a fit shorter than
-    ``val_check_interval`` still ends with one. The first SIGINT or SIGTERM only records the signal
-    (the step in progress finishes, the run validates and ``LastCheckpoint`` writes its checkpoint);
-    a second one acts as usual (Ctrl-C twice aborts). Before the first step (set-up, sanity check)
-    a signal stops the run with nothing to keep. Under DDP the processes agree each step, so all
-    stop at the same one.
-    """
+    """Ends every fit at a step boundary with a validation (Lightning's on ``should_stop``): at ``max_steps`` or on
+    SIGINT / SIGTERM, whose first signal is only recorded (the run validates, ``LastCheckpoint`` writes); a second one
+    aborts as usual (Ctrl-C twice), and one before the first step keeps nothing. DDP processes agree each step."""
 
     def __init__(self):
         self.signum: int | None = None
         self.steps_trained = 0  # by this fit (0: it failed before its first step)
         self._previous: dict[int, object] = {}
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.signum, self.steps_trained = None, 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # after Lightning's own SIGTERM handler (set just before training), which would end the run with status 0
@@ -129,17 +110,15 @@ def training_signature(config: dict) -> dict:
     {'model.class_path': 'M', 'model.d_model': 8, 'data.seed': 0}
     """
     return {key: value for key, value in flat({k: config.get(k) for k in ("model", "data")}).items()
-            if key not in FREE_SETTINGS and not key.startswith(DERIVED)}
+            if key not in FREE_SETTINGS and not key.startswith("model.task.")}  # linked from the data settings
 
 
-def flat(tree, prefix: str = "") -> dict:
+def flat(tree: dict, prefix: str = "") -> dict:
     """Nested dicts as one dict of dotted keys; ``init_args`` levels are left out of the names.
 
-    >>> flat({"a": {"init_args": {"b": 1, "c": [2]}}, "d": None})
-    {'a.b': 1, 'a.c': [2], 'd': None}
+    >>> flat({"a": {"init_args": {"b": 1, "c": [2]}}, "d": None, "e": {}})
+    {'a.b': 1, 'a.c': [2], 'd': None, 'e': {}}
     """
-    if not isinstance(tree, dict):
-        return {prefix: tree}
     items = {}
     for key, value in tree.items():
         name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else str(key)
@@ -169,25 +148,17 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def differences(saved: dict, now: dict, keys=None) -> str:
-    """The settings that differ, as ``key=value there, value here``; empty if none.
-
-    >>> differences({"a": 1, "b": 2}, {"a": 1, "b": 3})
-    'b=2 there, 3 here'
-    """
+    """The settings that differ, as ``key=value there, value here``; empty if none."""
     keys = list(dict.fromkeys([*saved, *now])) if keys is None else keys
     return "; ".join(f"{k}={saved.get(k)!r} there, {now.get(k)!r} here" for k in keys if saved.get(k) != now.get(k))
 
 
 def check_resume(path: str | Path, signature: dict, world_size: int, accumulate_grad_batches: int) -> None:
     """Refuses to resume from ``path`` a run other than the one it saved: ``ValueError`` naming the differences.
-
-    A checkpoint without a signature (not written by ``LastCheckpoint``) is only checked for being readable.
-    """
+    A checkpoint without a signature (not written by ``LastCheckpoint``) is only checked for being readable."""
     saved = load_checkpoint(path).get(SIGNATURE_KEY)
-    if saved is None:
-        return
-    diffs = differences(saved, {**signature, "world_size": world_size, "accumulate_grad_batches": accumulate_grad_batches})
-    if diffs:
+    now = {**signature, "world_size": world_size, "accumulate_grad_batches": accumulate_grad_batches}
+    if saved is not None and (diffs := differences(saved, now)):
         raise ValueError(
             f"cannot resume from {str(path)!r}: it was trained with other settings ({diffs}), so the resumed run "
             "would not continue that run (the stream of batches is keyed by process and batch). Resume with the "

@@ -1,12 +1,9 @@
-"""``icrl fit`` / ``validate`` / ``test``: a LightningCLI over every icrl model and data module.
+"""``icrl fit`` / ``validate`` / ``test``: a LightningCLI over any LightningModule and data module (``class_path``).
 
-Any LightningModule / LightningDataModule can be named with ``class_path``; a data module's ``task`` (a plain
-dict of the task's sizes) is linked into the model's ``task``, so the model is built for the data it will see.
-A run logs into ``<default_root_dir>/lightning_logs/<name>/version_N`` (``log_dir``): TensorBoard's events and
-``scalars.csv`` (``icrl.scalars``). Every fit ends with a validation and ``<log_dir>/checkpoints/last.ckpt``
-(``icrl.checkpoints``), which ``--ckpt_path`` resumes exactly, logging on into the same folder. Exit status:
-0 done, 1 a non-finite loss, 2 a bad setting (one line, before any step), 130 / 143 stopped by SIGINT / SIGTERM
-(after writing a checkpoint and printing how to resume).
+A data module's ``task`` (a dict of its sizes) is linked into the model's, so the model is built for the data it
+will see. A run logs into ``<default_root_dir>/lightning_logs/<name>/version_N`` (``icrl.scalars``); a fit ends with
+``last.ckpt`` there (``icrl.checkpoints``). Exit status: 0 done, 1 a non-finite loss, 2 a bad setting (one line,
+before any step), 130 / 143 stopped by SIGINT / SIGTERM (after a checkpoint and printing how to resume).
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 import icrl.recall
 import icrl.regression  # noqa: F401  (their classes are known to the parser by their short names)
-from icrl.arguments import IcrlArgumentParser, check_yaml, config_files, one_line  # noqa: F401  (one_line: the sweep's)
+from icrl.arguments import IcrlArgumentParser, one_line  # noqa: F401  (one_line: the sweep's)
 from icrl.callbacks import HParamsSummary, NonFiniteGuard, NonFiniteLossError, SaveStageConfig, StepProgressBar
 from icrl.checkpoints import (EXIT_CODES, LastCheckpoint, StopCleanly, check_resume, differences, flat,
                               load_checkpoint, log_folder_of, training_signature)
@@ -44,7 +41,6 @@ REFRESH_RATE = 10  # a progress bar redrawn every step slows a CPU recall step (
 # from validate/test and, under torch 2.13, on its own use of a torch API; and its advertisements for cloud services
 QUIET = (r"Your `IterableDataset` has `__len__` defined|callbacks used to create the checkpoint need to be provided|"
          r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-TIP = "💡 Tip"
 CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 # a failed allocation: torch's RuntimeError (CUDA's OutOfMemoryError; the CPU's, on Linux or Windows) or a MemoryError
 OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
@@ -55,13 +51,8 @@ class IcrlCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self.argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
-        for p in (parser, *parser._subcommands_action._name_parser_map.values()):
-            p.argv = self.argv  # for errors naming a --config file
-        for path in config_files(self.argv):
-            try:
-                check_yaml(path)
-            except ValueError as err:
-                parser.error(str(err))
+        IcrlArgumentParser.argv = self.argv  # for errors naming a --config file
+        parser.check_yaml()
         super().parse_arguments(parser, args)
 
     def _set_seed(self) -> None:
@@ -130,15 +121,15 @@ class IcrlCLI(LightningCLI):
         if config.get("logger") in (None, True) and not config.get("fast_dev_run"):
             # Lightning's default TensorBoardLogger writes a meaningless hp_metric; a run of a checkpoint logs
             # into the checkpoint's own folder, so a resumed run's curves stay in one place.
-            folder = log_folder_of(self.settings.get("ckpt_path"))
-            if folder:  # version_N as the number N, so the bar's v_num reads N
+            if folder := log_folder_of(self.settings.get("ckpt_path")):  # version_N as N, so the bar's v_num reads N
                 version = int(folder.name[8:]) if re.fullmatch(r"version_\d+", folder.name) else folder.name
                 tensorboard = TensorBoard(folder.parent, "", version, default_hp_metric=False)
             else:
                 root = Path(config.get("default_root_dir") or ".") / "lightning_logs"
                 tensorboard = TensorBoard(root, self.settings["name"], default_hp_metric=False)
             config["logger"] = [tensorboard, ScalarFile(tensorboard.log_dir)]
-        rank_zero, no_tips = logging.getLogger("lightning.pytorch.utilities.rank_zero"), lambda r: not str(r.msg).startswith(TIP)
+        rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        no_tips = lambda r: not str(r.msg).startswith("💡 Tip")
         rank_zero.addFilter(no_tips)
         try:
             return super()._instantiate_trainer(config, [*extra, *callbacks])
@@ -173,12 +164,9 @@ class IcrlCLI(LightningCLI):
 
     def before_fit(self) -> None:
         ckpt_path = self.settings.get("ckpt_path")
-        if ckpt_path not in (None, *CKPT_NAMES):
-            try:
-                check_resume(ckpt_path, training_signature(self.settings), self.trainer.world_size,
-                             self.trainer.accumulate_grad_batches)
-            except ValueError as err:
-                self.parser.error(str(err))
+        if ckpt_path not in (None, *CKPT_NAMES):  # its ValueError is a bad setting (_run_subcommand)
+            check_resume(ckpt_path, training_signature(self.settings), self.trainer.world_size,
+                         self.trainer.accumulate_grad_batches)
         self._announce()
 
     def _announce(self) -> None:
@@ -202,8 +190,7 @@ class IcrlCLI(LightningCLI):
 
 
 def tensorboard_command() -> list[str]:
-    """How to start this environment's TensorBoard from here: ``tensorboard`` when the shell finds this one,
-    else its script's path (``.venv/bin/tensorboard`` in a venv not activated)."""
+    """This environment's TensorBoard: ``tensorboard`` if the shell finds this one, else its script's path."""
     script = Path(sys.executable).with_name("tensorboard")
     if not script.is_file():
         return [sys.executable, "-m", "tensorboard.main"]

@@ -1,8 +1,7 @@
 """``IcrlModule``: the LightningModule both families subclass (optimizer check, logging cadence, metrics).
 
-A family module builds its network, declares ``self.eval_metrics``, one ``ModuleDict`` of torchmetrics a
-validation (and test) dataloader, keyed by the name logged under ``val/`` (``test/``), and says in
-``metric_inputs`` what each metric is updated with. Adding a metric is one entry in each.
+A family module declares ``self.eval_metrics``, one ``ModuleDict`` of torchmetrics a validation (and test)
+dataloader keyed by the name logged under ``val/`` (``test/``), and says in ``metric_inputs`` what updates each.
 """
 
 from __future__ import annotations
@@ -23,10 +22,9 @@ class IcrlModule(LightningModule):
         self.optimizer = check_optimizer(optimizer or default)  # a bad lr fails here, not at step 0
 
     def is_logging_step(self) -> bool:
-        """True on the steps whose training scalars the logger writes (``log_every_n_steps``; 0: none), on the
-        last step, and in fast_dev_run; call it before ``optimizer.step()``. Each ``self.log`` costs Lightning a
-        pass over its results; logging only these steps leaves the curves unchanged (a run stopped early
-        keeps its last logging step's values).
+        """True on the steps whose training scalars the logger writes (``log_every_n_steps``; 0: none), on the last
+        step, and in fast_dev_run; call it before ``optimizer.step()``. Each ``self.log`` costs Lightning a pass over
+        its results; logging only these leaves the curves unchanged (a run stopped early keeps its last logged values).
 
         >>> from types import SimpleNamespace
         >>> trainer = SimpleNamespace(fast_dev_run=False, log_every_n_steps=50, max_steps=120)

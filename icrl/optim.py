@@ -13,25 +13,6 @@ import torch
 from torch import Tensor
 
 
-def normalized_gd_step(params: list[Tensor], grads: list[Tensor], lr: float, global_norm: bool = False) -> None:
-    """Apply one normalized-GD step in place.
-
-    >>> p = torch.tensor([1.0, 1.0]); g = torch.tensor([3.0, 4.0])
-    >>> normalized_gd_step([p], [g], lr=0.5); p
-    tensor([0.7000, 0.6000])
-    >>> q = torch.zeros(2); normalized_gd_step([q], [torch.zeros(2)], lr=0.5); q
-    tensor([0., 0.])
-    """
-    if not params:
-        return
-    norms = torch.stack(torch._foreach_norm(grads))  # (P,) ‖g‖₂ per tensor, fused over the list
-    if global_norm:
-        norms = torch.linalg.vector_norm(norms).expand(len(grads))
-    # where(n > 0, ...) keeps zero-gradient tensors fixed without a host sync on the norm
-    scales = torch.where(norms > 0, lr / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)  # (P,) η / ‖g‖
-    torch._foreach_sub_(params, torch._foreach_mul(grads, scales.unbind()))
-
-
 class NormalizedGD(torch.optim.Optimizer):
     """Normalized gradient descent (YAML ``icrl.optim.NormalizedGD``): each tensor of ``params`` moves exactly
     ``lr`` = ``η`` > 0 in Euclidean norm a step, or, with ``global_norm``, each group by one norm over its tensors.
@@ -55,7 +36,15 @@ class NormalizedGD(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            normalized_gd_step(params, [p.grad for p in params], group["lr"], group["global_norm"])
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            norms = torch.stack(torch._foreach_norm(grads))  # (P,) ‖g‖₂ per tensor, fused over the list
+            if group["global_norm"]:
+                norms = torch.linalg.vector_norm(norms).expand(len(grads))
+            # (P,) η / ‖g‖; where(n > 0, ...) keeps zero-gradient tensors fixed without a host sync on the norm
+            scales = torch.where(norms > 0, group["lr"] / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+            torch._foreach_sub_(params, torch._foreach_mul(grads, scales.unbind()))
         return loss
 
 

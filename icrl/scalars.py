@@ -1,12 +1,9 @@
 """Every logged scalar in a plain CSV file, beside TensorBoard's event files, and read back.
 
-``ScalarFile`` is a Lightning logger, which ``icrl fit`` / ``validate`` / ``test`` put next to their
-TensorBoard logger (``logger=[tensorboard, ScalarFile(tensorboard.log_dir)]``): it appends one row
-``tag,step,value,time`` per logged scalar to ``<dir>/scalars.csv`` (``time``: Unix seconds),
-flushed at every call, so a killed run keeps what it logged. ``read_scalars`` reads every such file
-under a directory: a resumed run that logged into a second folder, or twice at a step, reads as one
-series (the later value wins). Neither logger keeps Lightning's ``epoch``: icrl's training sets are
-endless streams, where it stays 0 (a data module with epochs has its modules log ``train/epoch``).
+``ScalarFile``, beside the TensorBoard logger of ``icrl fit`` / ``validate`` / ``test``, appends ``tag,step,value,time``
+rows (Unix seconds) to ``<dir>/scalars.csv``, flushed at every call so a killed run keeps them. ``read_scalars`` reads
+every such file under a directory as one series per tag (a resumed run's later value wins). Neither logger keeps
+Lightning's ``epoch``, 0 on icrl's endless streams (modules log ``train/epoch`` where the data module has epochs).
 
 >>> import tempfile
 >>> root = tempfile.mkdtemp()
@@ -41,17 +38,12 @@ class TensorBoard(TensorBoardLogger):
 class ScalarFile(Logger):
     """Appends ``tag,step,value,time`` rows to ``<dir>/scalars.csv`` (rank 0 only)."""
 
+    name = "scalars"  # Logger's abstract properties, as constants
+    version = 0
+
     def __init__(self, dir: str | Path):
         super().__init__()
         self._dir = Path(dir)
-
-    @property
-    def name(self) -> str:
-        return "scalars"
-
-    @property
-    def version(self) -> int:
-        return 0
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -65,10 +57,7 @@ class ScalarFile(Logger):
 
 
 def read_scalars(root: str | Path) -> dict[str, list[list[float]]]:
-    """Every scalar in the ``scalars.csv`` files under ``root``: ``{tag: [steps, values, seconds]}``.
-
-    ``seconds``: wall-clock time since the first row of all the files (the run's first log call).
-    """
+    """``{tag: [steps, values, seconds]}`` of the ``scalars.csv`` files under ``root``; seconds from the first row."""
     rows = []
     for path in sorted(Path(root).rglob(FILE)):
         with open(path, newline="") as f:

@@ -70,9 +70,9 @@ class BatchStream(IterableDataset):
 class FixedBatches(IterableDataset):
     """A fixed set (validation, test) in batches of views; under DDP, this rank's contiguous share.
 
-    An iterable, so Lightning adds no ``DistributedSampler`` to pad a rank's share with repeated batches:
-    every example is scored by one rank. Whole batches, since re-stacking single examples would be most
-    of a validation's time; ``shared`` entries (tables common to all examples) go into every batch whole.
+    An iterable, so Lightning adds no ``DistributedSampler`` padding a rank's share with repeats: each example
+    is scored once. Views of whole batches: re-stacking single examples would be most of a validation's time.
+    ``shared`` entries (tables common to all examples) go into every batch whole.
 
     >>> data = {"x": torch.arange(5)}
     >>> [b["x"].tolist() for b in FixedBatches(data, 2)]
@@ -110,10 +110,9 @@ class StreamLoader(DataLoader):
 class StreamDataModule(LightningDataModule):
     """A training stream that a resumed run continues, and fixed validation and test sets.
 
-    ``batches_consumed`` (optimizer steps × gradient accumulation) travels in the checkpoint; a subclass
-    passes it as the ``start`` of its ``BatchStream`` and builds its loader with ``stream_loader``. It
-    draws its fixed sets in ``eval_sets``, served as one ``FixedBatches`` a set. ``example_bytes``, one
-    training example's size, refuses a batch beyond the memory at once.
+    ``batches_consumed`` (optimizer steps × gradient accumulation) travels in the checkpoint; a subclass passes
+    it as the ``start`` of its ``BatchStream``, given to ``stream_loader``, and draws its fixed sets in
+    ``eval_sets``. ``example_bytes``, one training example's size, refuses a batch beyond the memory at once.
     """
 
     def __init__(self, batch_size: int, n_val: int, val_batch_size: int, seed: int, val_seed: int, num_workers: int,
@@ -162,16 +161,13 @@ class StreamDataModule(LightningDataModule):
             raise ValueError(f"n_val must be >= the number of processes = {world} (each validates a share), "
                              f"got n_val={self.n_val}")
 
-    def _eval_loaders(self, stage: str) -> list[DataLoader]:
+    def val_dataloader(self, stage: str = "val") -> list[DataLoader]:
         rank, world = rank_and_world(self.trainer)
         return [DataLoader(FixedBatches(s, self.val_batch_size, rank, world, self.eval_tables()), batch_size=None)
                 for s in self.eval_sets(stage)]
 
-    def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
-
     def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
+        return self.val_dataloader("test")
 
     def stream_loader(self, stream: BatchStream) -> StreamLoader:
         return StreamLoader(stream, batch_size=None, num_workers=self.num_workers,

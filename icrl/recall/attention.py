@@ -19,10 +19,7 @@ from torch import Tensor, nn
 
 
 class Attention(nn.Module):
-    """Base class: ``forward(scores (B, T)) -> weights (B, T)``."""
-
-    def forward(self, scores: Tensor) -> Tensor:
-        raise NotImplementedError
+    """Base class: a subclass defines ``forward(scores (B, T)) -> weights (B, T)``."""
 
 
 class LinearAttention(Attention):
@@ -35,10 +32,9 @@ class LinearAttention(Attention):
 class ReLUAttention(Attention):
     """``σ(s) = max(s + shift, 0)``, with derivative 1 at ``s + shift = 0`` (docs/science.md §R.3).
 
-    Every parameterization starts at ``W = 0``, where all scores are 0: with torch's ``relu'(0) = 0`` no
-    gradient would ever reach ``W``; the right derivative (a valid subgradient) lets it train.
-    ``shift = 1e-8`` is the first version's public code, ``relu(s + 1e-8)``, under which zero-initialised
-    Origin-ReLU with feed-forward ``F`` or none trains (with ``shift = 0`` it is refused, §R.4).
+    At the zero start ``W = 0`` all scores are 0, and torch's ``relu'(0) = 0`` would never let ``W`` train; the
+    right derivative (a valid subgradient) does. ``shift = 1e-8``, the first version's public code ``relu(s + 1e-8)``,
+    also trains zero-initialised Origin-ReLU with feed-forward ``F`` or none (refused at ``shift = 0``, §R.4).
 
     >>> s = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
     >>> ReLUAttention()(s).sum().backward(); s.grad

@@ -9,6 +9,9 @@ A batch is a dict of tensors::
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from functools import cached_property
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -122,14 +125,12 @@ class RecallDataModule(StreamDataModule):
             raise ValueError(f"n_samples must be None (population) or >= batch_size={batch_size}, got n_samples={n_samples}")
         self.recall_task = RecallTask(vocab_size, n_triggers, n_outputs, context_length, alpha)
         self.n_samples = self.train_size = n_samples
-        self._fixed = None
 
-    @property
+    @cached_property
     def fixed_sample(self) -> dict[str, Tensor] | None:
         """The finite training sample (``n_samples`` prompts), drawn once from ``seed``."""
-        if self.n_samples is not None and self._fixed is None:
-            self._fixed = sample_recall(self.recall_task, self.n_samples, generator(self.seed, FIXED))
-        return self._fixed
+        n = self.n_samples
+        return None if n is None else sample_recall(self.recall_task, n, generator(self.seed, FIXED))
 
     @property
     def task(self) -> dict:
@@ -143,12 +144,11 @@ class RecallDataModule(StreamDataModule):
                     f"the finite sample (n_samples={self.n_samples}, seed={self.seed}) has "
                     f"{'no' if alpha_hat == 0 else 'only'} noise targets at alpha={task.alpha}, so its empirical "
                     f"α̂ = {alpha_hat} gives an infinite γ: use a larger n_samples or an alpha further from 0")
-        return {**task.as_dict(), "alpha_hat": alpha_hat}
+        return {**asdict(task), "alpha_hat": alpha_hat}
 
     def train_dataloader(self) -> StreamLoader:
-        stream = RecallStream(self.recall_task, self.batch_size, self.seed, *rank_and_world(self.trainer),
-                              self.batches_consumed, self.fixed_sample)
-        return self.stream_loader(stream)
+        return self.stream_loader(RecallStream(self.recall_task, self.batch_size, self.seed,
+                                               *rank_and_world(self.trainer), self.batches_consumed, self.fixed_sample))
 
     def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
         streams = (VAL, OOD) if stage == "val" else (TEST, TEST_OOD)

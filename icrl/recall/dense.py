@@ -1,7 +1,6 @@
 """The recall model of docs/science.md §R.3 as written, with the inputs ``X`` (B, T, d) built densely.
 
-The model's own ``W``, ``V``, ``F``, ``U``, ``κ`` and ``σ`` applied as the equations read, at O(B·T·d) time
-and memory: the reference its gather/scatter path is tested and benchmarked against.
+At O(B·T·d) time and memory: the reference the model's gather/scatter path is tested and benchmarked against.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """``RecallImages``: pictures of the recall mechanism in TensorBoard, from the first validation batch.
 
-- ``recall/attention``: the last position's attention ``σ(s)_h`` over one prompt's context, with the
-  trigger ``q = z_{T-1}``'s earlier positions ``p`` and the tokens after them (``p+1``: ``y``, or τ on the
-  noisy task) marked; a model that recalls puts its weight on ``p+1``.
-- ``recall/logits``: that prompt's ``ξ_A`` and ``ξ_F`` over the vocabulary, and histograms over the batch
-  of the margins ``ξ_{A,y} − max_{k≠y} ξ_{A,k}`` and ``ξ_{F,τ} − max_{k≠τ} ξ_{F,k}`` (docs/science.md §R.6).
-
-Add it to a recall run with ``--trainer.callbacks+=icrl.recall.images.RecallImages``; images go to every
-TensorBoard logger of the trainer (with none, the callback does nothing).
+``recall/attention``: one prompt's last-position attention ``σ(s)_h``, with the trigger ``q = z_{T-1}``'s earlier
+positions ``p`` and the tokens after them (``y``, or τ) marked: a model that recalls puts its weight on ``p+1``.
+``recall/logits``: that prompt's ``ξ_A`` and ``ξ_F``, and histograms of the batch's logit margins (§R.6).
+Add it with ``--trainer.callbacks+=icrl.recall.images.RecallImages``; images go to the TensorBoard loggers.
 """
 
 from __future__ import annotations
@@ -36,7 +32,6 @@ def attention_figure(task, tokens: Tensor, weights: Tensor, title: str = "", ax=
     ``ax``, a panel of a figure of yours, or a figure of its own)."""
     tokens, weights = tokens.cpu(), weights.detach().float().cpu()
     ax = ax or Figure(figsize=(7, 2.6), dpi=80).subplots()
-    fig = ax.figure
     ax.plot(range(len(weights)), weights.numpy(), color="C0", lw=1, label="attention σ(s)_h")
     triggers, after = bigram_positions(tokens)
     for n, p in enumerate(triggers):
@@ -48,8 +43,8 @@ def attention_figure(task, tokens: Tensor, weights: Tensor, title: str = "", ax=
     ax.set(xlabel="context position h", ylabel="attention weight")
     ax.set_title(f"{title}attention of the last position (trigger q = {int(tokens[-1])})", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    return fig
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 def logits_figure(task, logits_attn: Tensor, logits_ff: Tensor, output: Tensor, prompt: int = 0,
@@ -82,8 +77,7 @@ def logits_figure(task, logits_attn: Tensor, logits_ff: Tensor, output: Tensor, 
 
 
 class RecallImages(Callback):
-    """Logs the attention over prompt ``prompt`` of the first validation batch and the logit margins as
-    images, at every ``every_n``-th validation (1: every one)."""
+    """Logs the figures of prompt ``prompt`` of the first validation batch at every ``every_n``-th validation."""
 
     def __init__(self, every_n: int = 1, prompt: int = 0):
         if every_n < 1:

@@ -48,15 +48,6 @@ def expected_cross_entropy(logits: Tensor, output: Tensor, alpha: float, noise_t
     return loss
 
 
-def bayes_gap(logits: Tensor, output: Tensor, alpha: float, noise_token: int, bayes_risk: float) -> Tensor:
-    """Expected cross-entropy minus the task's Bayes risk ``H(α)`` (0 noiseless): ≥ 0 for every model.
-
-    >>> bayes_gap(torch.zeros(1, 2), torch.tensor([1]), alpha=0.0, noise_token=1, bayes_risk=0.0)
-    tensor([0.6931])
-    """
-    return expected_cross_entropy(logits, output, alpha, noise_token) - bayes_risk
-
-
 def probability(logits: Tensor, index: Tensor) -> Tensor:
     """Predicted probability ``softmax(ξ)_k`` of token ``k``.
 
@@ -85,11 +76,7 @@ def max_logit(logits: Tensor, index: Tensor) -> Tensor:
 
 
 class _PerPrompt(MeanMetric):
-    """Mean over prompts of ``function(logits (B, N), index (B,), **options) -> (B,)``.
-
-    >>> m = LogitMargin(); m.update(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0])); m.compute()
-    tensor(1.)
-    """
+    """Mean over prompts of ``function(logits (B, N), index (B,), **options) -> (B,)``."""
 
     function: Callable[..., Tensor]
 
@@ -102,7 +89,6 @@ class _PerPrompt(MeanMetric):
 
 
 class MeanCrossEntropy(_PerPrompt):
-    """Mean ``cross_entropy``."""
     function = staticmethod(cross_entropy)
 
 
@@ -115,7 +101,7 @@ class ExpectedCrossEntropy(_PerPrompt):
 
 
 class BayesGap(ExpectedCrossEntropy):
-    """Mean ``bayes_gap``: the mean expected cross-entropy minus ``bayes_risk``.
+    """The mean expected cross-entropy minus the task's Bayes risk ``H(α)`` (0 noiseless): ≥ 0 for every model.
 
     >>> m = BayesGap(alpha=0.0, noise_token=1, bayes_risk=0.0)
     >>> m.update(torch.zeros(1, 2), torch.tensor([1])); round(m.compute().item(), 4)
@@ -131,20 +117,16 @@ class BayesGap(ExpectedCrossEntropy):
 
 
 class MeanProbability(_PerPrompt):
-    """Mean ``probability`` of a given token per prompt."""
     function = staticmethod(probability)
 
 
 class LogitMargin(_PerPrompt):
-    """Mean ``logit_margin`` of a given token per prompt."""
     function = staticmethod(logit_margin)
 
 
 class MeanLogit(_PerPrompt):
-    """Mean ``logit`` of a given token per prompt."""
     function = staticmethod(logit)
 
 
 class MeanMaxLogit(_PerPrompt):
-    """Mean ``max_logit`` per prompt."""
     function = staticmethod(max_logit)

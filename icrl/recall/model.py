@@ -6,10 +6,9 @@ Inputs ``x_h = E(z_h) + Ẽ(z_{h-1})`` (``x_0 = E(z_0)``) of a context ``z_0 …
     s_h = x_{T-1}ᵀ W x_h,    a = Σ_h σ(s)_h x_h,
     ξ_A = U V a,             ξ_F = U F (x_{T-1} + κ a),     ξ = ξ_A + ξ_F,
 
-with feed-forward mode ``none`` (no ξ_F), ``F`` (κ = 0) or ``FA`` (κ = 1). ``X`` is never built
-(``ContextInputs``); ``x_{T-1}`` has two ones, so ``x_{T-1}ᵀ W`` is two rows of ``W``, ``U F x_{T-1}`` two
-columns of ``U F``, and ``ξ = a (UV + κUF)ᵀ + U F x_{T-1}`` one product without the parts. ``dense.py``
-applies the formula as written.
+with feed-forward mode ``none`` (no ξ_F), ``F`` (κ = 0) or ``FA`` (κ = 1). ``X`` is never built (``ContextInputs``);
+``x_{T-1}`` has two ones, so ``x_{T-1}ᵀ W`` is two rows of ``W``, ``U F x_{T-1}`` two columns of ``U F``, and
+``ξ = a (UV + κUF)ᵀ + U F x_{T-1}`` is one product without the parts; ``dense.py`` applies the formula as written.
 """
 
 from __future__ import annotations
@@ -34,11 +33,8 @@ class RecallOutput(NamedTuple):
 
 
 class RecallTransformer(nn.Module):
-    """One-layer transformer for in-context recall on ``task``, of width ``d_model ≥ 2 * vocab_size``.
-
-    ``attention``: an ``Attention`` (default ``LinearAttention()``); ``parameterization``: a
-    ``ParameterizationCallable``; ``trainable_U``: train ``U`` from its fixed value. A model whose ``W``
-    and ``V`` would never leave their zero start is refused (``check_trainable``).
+    """One-layer transformer for in-context recall on ``task``, of width ``d_model ≥ 2 * vocab_size``; ``attention``
+    defaults to ``LinearAttention()``. A model whose ``W`` and ``V`` would never leave their zero start is refused.
     """
 
     def __init__(self, task: RecallTask, d_model: int = 128, attention: Attention | None = None,

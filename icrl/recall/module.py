@@ -21,9 +21,8 @@ from icrl.recall.task import RecallTask
 
 
 def as_config(value):
-    """The ``class_path`` form (plain data) of an attention or parameterization given in Python, as the CLI
-    saves it, so checkpoints load with ``weights_only`` (an attention instance's arguments, and lambdas,
-    are not recoverable: pass those to ``load_from_checkpoint``).
+    """The ``class_path`` form of an attention or parameterization given in Python, as the CLI saves it, so that
+    checkpoints load with ``weights_only`` (an attention's arguments, and lambdas, are lost: pass them again).
 
     >>> as_config(partial(Origin, init_std=0.01))
     {'class_path': 'icrl.recall.parameterization.Origin', 'init_args': {'init_std': 0.01}}
@@ -37,17 +36,15 @@ def as_config(value):
 
 class RecallModule(IcrlModule):
     """Trains a ``RecallTransformer`` (same arguments; ``task``: ``RecallDataModule.task``, linked by the CLI) by
-    cross-entropy at the last position. In YAML ``attention`` and ``parameterization`` are a ``class_path``
-    (``{class_path: icrl.recall.Reparam, init_args: {value_scale: true}}``); ``optimizer`` is a callable from
-    parameters to an optimizer, by default ``NormalizedGD(lr=0.1)`` (the paper's).
+    cross-entropy at the last position; ``optimizer`` defaults to the paper's ``NormalizedGD(lr=0.1)``.
 
-    Logs ``train/loss`` on the logger's steps and, per validation (``test/`` per test; metrics §R.6, with
-    ``y`` the prompt's output and τ the noise token), in distribution: ``val/loss`` (of the drawn targets),
-    ``expected_loss`` (``−α log p_τ − (1−α) log p_y``), ``bayes_gap`` (it minus ``H(α)``), ``margin_attn``
-    (``ξ_{A,y} − max_{k≠y} ξ_{A,k}``), ``logit_attn_y`` and ``max_logit_attn`` (means of ``ξ_{A,y}``,
-    ``max_j ξ_{A,j}``) and, noisy task only, ``margin_ff``, ``logit_ff_tau`` and ``max_logit_ff`` (of ``ξ_F``
-    and τ); on unseen outputs: ``ood_loss``, ``ood_expected_loss``, ``ood_bayes_gap``, ``p_output_ood``
-    (mean probability of ``y``, → 1−α) and, noisy task only, ``p_noise_ood`` (of τ, → α).
+    Logs ``train/loss`` and, per validation (``test/`` per test; metrics §R.6, ``y`` the prompt's output, τ the
+    noise token), in distribution: ``val/loss`` (of the drawn targets), ``expected_loss`` (``−α log p_τ − (1−α) log
+    p_y``), ``bayes_gap`` (it minus ``H(α)``), ``margin_attn`` (``ξ_{A,y} − max_{k≠y} ξ_{A,k}``), ``logit_attn_y``
+    and ``max_logit_attn`` (means of ``ξ_{A,y}``, ``max_j ξ_{A,j}``) and, noisy task only, ``margin_ff``,
+    ``logit_ff_tau`` and ``max_logit_ff`` (of ``ξ_F`` and τ); on unseen outputs: ``ood_loss``,
+    ``ood_expected_loss``, ``ood_bayes_gap``, ``p_output_ood`` (mean probability of ``y``, → 1−α) and, noisy task
+    only, ``p_noise_ood`` (of τ, → α).
     """
 
     def __init__(self, task: dict | None = None, d_model: int = 128, attention: Attention | None = None,

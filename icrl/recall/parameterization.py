@@ -4,15 +4,8 @@ With ``E(k) = e_k`` and ``Ẽ(k) = e_{N+k}``: ``Origin`` frees all three; ``Repa
 trains noiseless ``W = Σ_{k∈Q} λ_k E(k)Ẽ(k)ᵀ`` (``F = 0``) or noisy ``W = Λ E(0)(Ẽ(0) − E(τ))ᵀ`` with the
 fixed ``F = E(τ)(γE(0) + Ẽ(0))ᵀ``, ``γ = log(α̂/(1−α̂))``; ``ReparamW`` is ``Reparam`` with a free ``W``.
 
-A model takes a ``ParameterizationCallable`` ``(task, d_model, feedforward) -> Parameterization``: a class,
-or in YAML a ``class_path`` with ``init_args``. Add one by subclassing ``Parameterization``::
-
-    class Diagonal(Parameterization):
-        def __init__(self, task, d_model, feedforward="FA"):
-            super().__init__(task, d_model, feedforward)
-            self.w = nn.Parameter(torch.zeros(d_model))
-        def W(self):
-            return torch.diag(self.w)
+A model takes a ``ParameterizationCallable`` ``(task, d_model, feedforward) -> Parameterization``: a class, or in
+YAML a ``class_path`` with ``init_args``; a new one subclasses ``Parameterization`` and defines ``W`` (README).
 """
 
 from __future__ import annotations
@@ -159,9 +152,8 @@ def check_trainable(param: Parameterization, attention: Attention, feedforward: 
     ∂L/∂s = J_σ(0)ᵀ X (Vᵀ + κFᵀ) Uᵀ ∂L/∂ξ. It is exactly 0 at every step if
 
     - ``σ'(0) = 0`` (e.g. ``torch.relu``): the scores never move, attention never forms; or
-    - ``σ(0) = 0`` (linear, ReLU) and ``V = 0`` with no ``F`` on the attention path (κ = 0 or no
-      feed-forward), as zero-initialised Origin: a = 0 gives V no gradient (∂L/∂V = Uᵀ ∂L/∂ξ aᵀ),
-      and Vᵀ + κFᵀ = 0 gives W none.
+    - ``σ(0) = 0`` (linear, ReLU) and ``V = 0`` with no ``F`` on the attention path (κ = 0 or no feed-forward), as
+      zero-initialised Origin: a = 0 gives V no gradient (∂L/∂V = Uᵀ ∂L/∂ξ aᵀ), and Vᵀ + κFᵀ = 0 gives W none.
 
     Both are sufficient conditions, checked on the initial ``W``, ``V`` and ``σ``; softmax (σ(0) = 1/T),
     ``V = I`` (Reparam) and FA (F moves on the first step, then carries the gradient to W) all train.

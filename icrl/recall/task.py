@@ -14,7 +14,7 @@ Token layout for a vocabulary of ``N = vocab_size`` tokens::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 def entropy(alpha: float) -> float:
@@ -30,8 +30,7 @@ def entropy(alpha: float) -> float:
 class RecallTask:
     """Sizes and noise level of one recall task; ``asdict`` of it is what data links into models.
 
-    ``alpha_hat``: the fraction of τ targets of a finite training sample, the noisy Reparam's γ (§R.2);
-    ``alpha`` for population training.
+    ``alpha_hat``: the fraction of τ targets of a finite training sample (the noisy Reparam's γ, §R.2), or ``alpha``.
     """
 
     vocab_size: int = 60
@@ -52,10 +51,11 @@ class RecallTask:
                 f"<= vocab_size - 2 = {n - 2} (one token is the noise τ, and at least one unseen OOD output is needed)")
         if not 0.0 <= a < 1.0:
             raise ValueError(f"alpha must lie in [0, 1) (0 = noiseless task), got alpha={a}")
-        if t < self.min_context_length:
+        min_t = 6 if self.noisy else 3  # noiseless: a bigram at p <= T-3 and the final trigger; noisy: two bigrams
+        if t < min_t:
             raise ValueError(
                 f"context_length={t} is too short for the {'noisy' if self.noisy else 'noiseless'} task's bigrams "
-                f"and final trigger: context_length must be >= {self.min_context_length}")
+                f"and final trigger: context_length must be >= {min_t}")
         if self.alpha_hat is None:
             object.__setattr__(self, "alpha_hat", a)
 
@@ -64,28 +64,18 @@ class RecallTask:
         return self.alpha > 0
 
     @property
-    def min_context_length(self) -> int:
-        # noiseless: bigram at p <= T-3 and the final trigger; noisy: two non-overlapping bigrams too
-        return 6 if self.noisy else 3
-
-    @property
     def noise_token(self) -> int:
         return self.vocab_size - 1
 
     @property
     def outputs(self) -> tuple[int, int]:
-        """Half-open range of in-distribution outputs."""
-        return self.n_triggers, self.n_triggers + self.n_outputs
+        return self.n_triggers, self.n_triggers + self.n_outputs  # half-open, as ood_outputs
 
     @property
     def ood_outputs(self) -> tuple[int, int]:
-        """Half-open range of unseen (OOD) outputs."""
         return self.n_triggers + self.n_outputs, self.vocab_size - 1
 
     @property
     def bayes_risk(self) -> float:
         """0 for the noiseless task, ``H(α)`` for the noisy one (docs/science.md §R.6)."""
         return entropy(self.alpha)
-
-    def as_dict(self) -> dict:
-        return asdict(self)

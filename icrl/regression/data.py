@@ -27,9 +27,6 @@ TARGETS = ("independent", "noiseless", "shared")  # laws of the targets (sample_
 def sample_labels(f: Tensor, n: int, noise_var: float, gen: torch.Generator, mean: float = 0.0, var: float = 1.0) -> Tensor:
     """Labels ``y_k = λᵀ (f(v_k) + ε_k)`` of ``n`` prompts, ``λ ~ N(mean, var·I)``, ``ε_k ~ N(0, τ I)``.
 
-    Given ``λ``, the noise terms ``λᵀ ε_k ~ N(0, τ ‖λ‖²)`` are independent over ``k``; they are drawn
-    that way (``K`` normals per prompt instead of ``K·m``), which is the same law.
-
     >>> y = sample_labels(torch.eye(3), 50_000, 0.0, torch.Generator().manual_seed(0))  # y = λ
     >>> y.shape, round(y.var().item(), 1)
     (torch.Size([50000, 3]), 1.0)
@@ -41,9 +38,10 @@ def sample_prompts(f: Tensor, n: int, noise_var: float, gen: torch.Generator, me
                    targets: str = "shared", n_labelled: int = 0) -> tuple[Tensor, Tensor]:
     """Labels ``y`` and targets ``t`` of ``n`` prompts, both ``(n, K)`` (see ``sample_labels`` for ``y``).
 
-    ``targets`` (§T.1): ``"shared"`` ``t = y`` (the same tensor); ``"noiseless"`` ``t_k = λᵀ f(v_k)``;
-    ``"independent"`` ``t_k = λᵀ (f(v_k) + ε'_k)``, ``ε'_k`` a fresh draw on the ``n_labelled`` prompt
-    tokens, the unshown label itself on the others. ``y`` is the same stream under every law.
+    Given ``λ``, the noise terms ``λᵀ ε_k ~ N(0, τ ‖λ‖²)`` are independent over ``k``: drawn that way, ``K`` normals
+    a prompt instead of ``K·m``, the same law. ``targets`` (§T.1): ``"shared"`` ``t = y`` (the same tensor);
+    ``"noiseless"`` ``t_k = λᵀ f(v_k)``; ``"independent"`` ``t_k = λᵀ (f(v_k) + ε'_k)``, ``ε'_k`` a fresh draw on
+    the ``n_labelled`` prompt tokens, the unshown label itself on the others. ``y`` is the same under every law.
 
     >>> y, t = sample_prompts(torch.eye(3), 4, 0.1, torch.Generator().manual_seed(0), targets="independent", n_labelled=2)
     >>> torch.equal(t[:, 2:], y[:, 2:]), bool((t[:, :2] != y[:, :2]).all())
@@ -69,9 +67,8 @@ class PromptStream(BatchStream):
     def __init__(self, v: Tensor, f: Tensor, batch_size: int, noise_var: float, seed: int, rank: int, start: int,
                  pool: dict[str, Tensor] | None, targets: str, n_labelled: int):
         super().__init__(start)
-        self.v, self.f, self.pool = v, f, pool
+        self.v, self.f, self.pool, self.targets, self.n_labelled = v, f, pool, targets, n_labelled
         self.batch_size, self.noise_var, self.seed, self.rank = batch_size, noise_var, seed, rank
-        self.targets, self.n_labelled = targets, n_labelled
 
     def batch(self, i: int) -> dict[str, Tensor]:
         gen = generator(self.seed, TRAIN, self.rank, i)
@@ -88,12 +85,11 @@ class TemplateRegressionDataModule(StreamDataModule):
     """Prompts of template regression, with an in-distribution and an unseen-task validation set.
 
     Sizes ``n_tokens`` ``K`` (all predicted), ``n_labelled`` ``N`` (``1 ≤ N < K``, the others are the unseen
-    examples), ``token_dim`` ``d``, ``n_basis`` ``m``; ``noise_var`` ``τ``; ``repr_std`` ``σ_f`` (``1/√m``
-    gives Fig. 3's ``E‖f(v_k)‖² = 1``). ``targets``: what predictions are scored against (§T.1;
-    ``"shared"`` lets the loss-optimal model copy its prompt instead of doing ridge). ``n_train``: ``None``
-    for fresh prompts every batch, or the size of the paper's fixed training set. Unseen tasks draw
-    ``λ ~ N(ood_mean, ood_var·I)`` (paper: 1, 4). ``seed`` seeds the tables, the pool and the training
-    stream; ``val_seed`` the ``n_val``-prompt validation and test sets.
+    examples), ``token_dim`` ``d``, ``n_basis`` ``m``; ``noise_var`` ``τ``; ``repr_std`` ``σ_f`` (``1/√m`` gives
+    Fig. 3's ``E‖f(v_k)‖² = 1``). ``targets``: what predictions are scored against (§T.1; ``"shared"`` lets the
+    loss-optimal model copy its prompt instead of doing ridge). ``n_train``: ``None`` for fresh prompts every batch,
+    or the paper's fixed training set's size. Unseen tasks draw ``λ ~ N(ood_mean, ood_var·I)`` (paper: 1, 4).
+    ``seed`` seeds the tables, the pool and the training stream, ``val_seed`` the validation and test sets.
     """
 
     def __init__(self, n_tokens: int = 200, n_labelled: int = 30, token_dim: int = 100, n_basis: int = 20,
@@ -142,12 +138,10 @@ class TemplateRegressionDataModule(StreamDataModule):
                                        n_labelled=hp.n_labelled)
             pool = {"y": y, "target": target}
         rank = rank_and_world(self.trainer)[0]
-        stream = PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank, self.batches_consumed, pool,
-                              hp.targets, hp.n_labelled)
-        return self.stream_loader(stream)
+        return self.stream_loader(PromptStream(self.v, self.f, hp.batch_size, hp.noise_var, hp.seed, rank,
+                                               self.batches_consumed, pool, hp.targets, hp.n_labelled))
 
-    def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
-        """``[in-distribution prompts, unseen-task prompts]``."""
+    def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:  # [in-distribution, unseen tasks]
         hp, stream = self.hparams, VAL if stage == "val" else TEST
         sets = [sample_prompts(self.f, hp.n_val, hp.noise_var, generator(hp.val_seed, stream, i), mean, var, hp.targets,
                                hp.n_labelled) for i, (mean, var) in enumerate([(0.0, 1.0), (hp.ood_mean, hp.ood_var)])]

@@ -1,9 +1,8 @@
 """Networks for template regression: the paper's one-layer multi-head model and a deep baseline.
 
-Both map the fixed tokens ``v`` (``(K, d)``, shared by every prompt, or ``(B, K, d)``) and the
-prompt labels ``y`` (``(B, N)``, labels of the first ``N`` tokens) to predictions for all ``K``
-tokens, ``(B, K)``, and name their read-out parameters (``w``), which train with their own step
-size ``η_w = γ² η_Q`` (docs/science.md §T.2).
+Both map the fixed tokens ``v`` (``(K, d)``, shared by every prompt, or ``(B, K, d)``) and the prompt labels
+``y`` (``(B, N)``, of the first ``N`` tokens) to predictions for all ``K`` tokens, ``(B, K)``, and name their
+read-out parameters (``w``), which train with their own step size ``η_w = γ² η_Q`` (docs/science.md §T.2).
 """
 
 from __future__ import annotations

@@ -12,9 +12,6 @@ all mean squared errors (``test/`` under ``icrl test``):
 - ``ridge_gap``, ``best_gap``: ``(1/K) ‖ŷ − ŷ_ridge‖²``, ``(1/K) ‖ŷ − ŷ_best‖²``; ``ridge_gap`` split into
   ``labelled_ridge_gap`` (the ``N`` prompt tokens) and ``unseen_example_ridge_gap`` (the others);
 - ``ridge_best_gap``: ``(1/K) ‖ŷ_ridge − ŷ_best‖²``, the gap of Fig. 3 in closed form.
-
-With ``"independent"`` or ``"noiseless"`` targets ``ridge_loss`` is the floor of models linear in ``y``, as
-the one-layer one; with ``"shared"`` targets a model that copies its prompt ends below it (§T.3).
 """
 
 from __future__ import annotations
@@ -65,8 +62,7 @@ class TemplateRegressionModule(IcrlModule):
                                           for prefix in SET_PREFIXES)
 
     def forward(self, v: Tensor, y_prompt: Tensor) -> Tensor:
-        """Predictions ``(B, K)`` for all tokens from the tokens ``v`` and the prompt labels ``(B, N)``."""
-        return self.net(v, y_prompt)
+        return self.net(v, y_prompt)  # (B, K) predictions for all tokens from the prompt labels (B, N)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         y_prompt, target = batch["y"][:, : self.hparams.task["n_labelled"]], batch["target"]  # (B, N), (B, K)
@@ -101,8 +97,7 @@ class TemplateRegressionModule(IcrlModule):
 
 
 def least_squares_loss(y_prompt: Tensor, target: Tensor) -> Tensor:
-    """``min_A (1/(BK)) ‖y_prompt A − target‖²``, fitted in float64 on the CPU (Apple's MPS has no float64);
-    a float32 scalar on the inputs' device.
+    """``min_A (1/(BK)) ‖y_prompt A − target‖²``, fitted in float64 on the CPU (MPS has none), as a float32 scalar.
 
     >>> y = torch.tensor([[1.0], [2.0]]); least_squares_loss(y, 3 * y) < 1e-12  # exactly linear: 0
     tensor(True)

@@ -1,18 +1,16 @@
 """Closed-form reference predictors of template regression (docs/science.md §T.3).
 
-With ``Z = [f(v_1) … f(v_N)]`` (``m × N``) the representations of the ``N`` labelled tokens, ``y``
-their labels and ``F_K`` the representations of all ``K`` tokens, every reference is a ridge
-regression over the basis, ``λ̂ = (Z Zᵀ + r I)^{-1} Z y``, ``ŷ = F_Kᵀ λ̂``, differing only in ``r``:
+With ``Z = [f(v_1) … f(v_N)]`` (``m × N``) the representations of the ``N`` labelled tokens, ``y`` their labels
+and ``F_K`` the representations of all ``K`` tokens, every reference is a ridge regression over the basis,
+``λ̂ = (Z Zᵀ + r I)^{-1} Z y``, ``ŷ = F_Kᵀ λ̂``, differing only in ``r``:
 
-- ``ridge_reference``: ``r = m τ``: what the trained one-layer transformer computes. Under the data
-  law of ``icrl.regression.data`` (``λ ~ N(0, I_m)``, ``y_k = λᵀ(f(v_k) + ε_k)``) it is also the
-  best predictor linear in the prompt labels of ``λᵀ f(v_k)``, and of a noisy target whose noise is
-  independent of the prompt's, on every token: ``E[y yᵀ] = Zᵀ Z + m τ I`` and ``E[t yᵀ] = F_Kᵀ Z``.
-- ``best_reference``: ``r = N τ``: the paper's "best" predictor; the gap between the two vanishes
-  at ``N = m`` (Fig. 3).
+- ``ridge_reference``: ``r = m τ``: what the trained one-layer transformer computes. Under the data law of
+  ``icrl.regression.data`` (``λ ~ N(0, I_m)``, ``y_k = λᵀ(f(v_k) + ε_k)``) it is also the best predictor linear
+  in the prompt labels of ``λᵀ f(v_k)``, and of a noisy target whose noise is independent of the prompt's, on
+  every token: ``E[y yᵀ] = Zᵀ Z + m τ I`` and ``E[t yᵀ] = F_Kᵀ Z``.
+- ``best_reference``: ``r = N τ``, the paper's "best" predictor; the two references meet at ``N = m`` (Fig. 3).
 
-``f`` is ``(K, m)`` (one table for every prompt) or ``(B, K, m)``, ``y`` is ``(B, N)``; ``torch.linalg.solve``
-is used, never an explicit inverse.
+``f`` is ``(K, m)`` (one table for every prompt) or ``(B, K, m)``, ``y`` is ``(B, N)``.
 """
 
 from __future__ import annotations
@@ -40,8 +38,7 @@ def ridge_predict(f: Tensor, y: Tensor, reg: float) -> Tensor:
 def ridge_reference(f: Tensor, y: Tensor, noise_var: float) -> Tensor:
     """Ridge predictor ``(Z Zᵀ + m τ I)^{-1} Z y`` mapped to all ``K`` tokens; ``τ = noise_var``.
 
-    >>> f = torch.eye(2)  # K = m = 2, N = 1: only the first basis direction is seen
-    >>> ridge_reference(f, torch.tensor([[3.0]]), noise_var=0.5)  # r = m τ = 1
+    >>> ridge_reference(torch.eye(2), torch.tensor([[3.0]]), noise_var=0.5)  # K = m = 2, N = 1: r = m τ = 1
     tensor([[1.5000, 0.0000]])
     """
     return ridge_predict(f, y, f.shape[-1] * noise_var)
@@ -50,8 +47,7 @@ def ridge_reference(f: Tensor, y: Tensor, noise_var: float) -> Tensor:
 def best_reference(f: Tensor, y: Tensor, noise_var: float) -> Tensor:
     """The paper's best predictor ``(Z Zᵀ + N τ I)^{-1} Z y`` mapped to all ``K`` tokens.
 
-    >>> f = torch.eye(2)
-    >>> best_reference(f, torch.tensor([[3.0]]), noise_var=0.5)  # r = N τ = 0.5
+    >>> best_reference(torch.eye(2), torch.tensor([[3.0]]), noise_var=0.5)  # r = N τ = 0.5
     tensor([[2., 0.]])
     """
     return ridge_predict(f, y, y.shape[-1] * noise_var)
@@ -60,9 +56,8 @@ def best_reference(f: Tensor, y: Tensor, noise_var: float) -> Tensor:
 def expected_ridge_best_gap(f: Tensor, n_labelled: int, noise_var: float) -> float:
     """Fig. 3's gap in expectation over prompts ``λ ~ N(0, I_m)``: ``E (1/K) ‖ŷ_ridge − ŷ_best‖²``.
 
-    Both predictors are linear in the prompt labels, ``ŷ = F_Kᵀ (Z Zᵀ + r I)^{-1} Z y``, so with
-    ``M = F_Kᵀ [(Z Zᵀ + mτ I)^{-1} − (Z Zᵀ + Nτ I)^{-1}] Z`` and ``E[y yᵀ] = Zᵀ Z + mτ I``
-    (``E‖λ‖² = m``) the gap is ``tr(M E[y yᵀ] Mᵀ) / K``, computed in float64.
+    Both predictors are linear in ``y``: with ``M = F_Kᵀ [(Z Zᵀ + mτ I)^{-1} − (Z Zᵀ + Nτ I)^{-1}] Z`` and
+    ``E[y yᵀ] = Zᵀ Z + mτ I`` (``E‖λ‖² = m``) the gap is ``tr(M E[y yᵀ] Mᵀ) / K``, computed in float64.
 
     >>> f = torch.eye(2)  # K = m = 2, N = 1, τ = 0.5: M = [[1/(1+1) − 1/(1+0.5)], [0]] = [[−1/6], [0]]
     >>> round(expected_ridge_best_gap(f, 1, 0.5), 6)  # (1/36)(1 + 1) / 2

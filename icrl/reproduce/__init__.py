@@ -5,11 +5,10 @@
     icrl-reproduce all --quick --out results/
     icrl-reproduce recall-fig1 --out results/ --backend ray [--address HEAD:6379]
 
-Each experiment (``icrl.reproduce.recall``, ``icrl.reproduce.regression``) trains its points
-through ``icrl fit``, once per seed, as one sweep (``icrl.reproduce.plan``, ``icrl.sweep``: the same
-backends, content-keyed reuse and resume as ``icrl sweep``), then writes ``results.md`` (end values next to the papers'
-values, and which claims hold), a PNG per figure (``figures/``) and the sweep's ``summary.md`` /
-``summary.csv`` into ``--out``. The runs' logs stay under ``--out/runs/`` (or ``--runs-dir``).
+The experiments (``icrl.reproduce.recall``, ``.regression``) train their points once per seed as one
+sweep (``icrl.reproduce.plan``, ``icrl.sweep``: backends, reuse and resume as ``icrl sweep``), then write
+``results.md`` (end values next to the papers', which claims hold), ``figures/*.png`` and the sweep's
+``summary.md`` / ``summary.csv`` into ``--out``; the runs' logs stay under ``--out/runs/`` (or ``--runs-dir``).
 """
 
 from __future__ import annotations
@@ -38,20 +37,17 @@ def experiments() -> dict[str, Experiment]:
 
 
 def reproduce(names: list[str], args: argparse.Namespace, command: str) -> tuple[Path, list[str]]:
-    """Run the experiments ``names`` with ``icrl-reproduce``'s options ``args``; write their figures,
-    ``results.md`` and the sweep's summary into ``args.out``; return the path of ``results.md`` and
-    the folders of the runs that failed. ``ValueError`` for options that cannot run, before any run;
-    ``Stopped`` by SIGINT / SIGTERM (nothing written but the runs).
-    """
+    """Run the experiments ``names`` with ``icrl-reproduce``'s options ``args`` and write their outputs; return the
+    path of ``results.md`` and the failed runs' folders. ``ValueError`` for options that cannot run, before any run;
+    ``Stopped`` by SIGINT / SIGTERM (nothing written but the runs)."""
     registry, out, seeds = experiments(), args.out, list(args.seeds)
-    unknown = [n for n in names if n not in registry]
-    if unknown:
+    if unknown := [n for n in names if n not in registry]:
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {list(registry)} (icrl-reproduce --list)")
     exps = [registry[n] for n in names]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must be distinct, got {seeds}")
-    if not (args.configs or configs_dir()).is_dir():  # the default is found only in an editable install
-        raise ValueError(f"no configs directory at {args.configs or configs_dir()}: pass --configs DIR, the "
+    if not (configs := args.configs or configs_dir()).is_dir():  # the default is found only in an editable install
+        raise ValueError(f"no configs directory at {configs}: pass --configs DIR, the "
                          "repository's configs/ (found without it when icrl is installed with pip install -e .)")
     scoped = [parse_fit_args(a) for a in args.fit_args]
     used = sorted({p.config for exp in exps for p in exp.points})
@@ -74,9 +70,8 @@ def reproduce(names: list[str], args: argparse.Namespace, command: str) -> tuple
             pngs = plots.draw_experiment(exp, data, out / "figures")
             sections.append(results.section(exp, data, [p.relative_to(out) for p in pngs], args.quick, seeds))
         summary.write(out, points, {p: {s: done[p, s] for s in seeds} for p in points})
-        mode = "quick (reduced sizes, see each experiment)" if args.quick else "full (the configs as they are)"
-        if args.fit_args or args.steps:
-            mode += ", with the command's overrides"
+        mode = ("quick (reduced sizes, see each experiment)" if args.quick else "full (the configs as they are)") \
+            + ", with the command's overrides" * bool(args.fit_args or args.steps)
         unique = {r["key"]: r for r in done.values()}
         reused = sum(bool(r.get("reused")) for r in unique.values())
         timing = f"this invocation took {time.perf_counter() - start:.0f} s, {len(unique)} runs"
@@ -91,10 +86,13 @@ def describe(registry: dict[str, Experiment]) -> str:
                      for name, exp in registry.items())
 
 
-def parser() -> argparse.ArgumentParser:
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``icrl-reproduce``."""
+    argv = sys.argv[1:] if argv is None else argv
+    registry = experiments()
     p = argparse.ArgumentParser(
         prog="icrl-reproduce", description="Reproduce the papers' figures and claims: train, plot, tabulate.",
-        epilog="Experiments:\n" + describe(experiments()), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="Experiments:\n" + describe(registry), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", metavar="NAME", help="experiments to run ('all' for every one)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--out", type=Path, help="output directory: PNGs, results.md, runs/ (TensorBoard logs)")
@@ -110,15 +108,7 @@ def parser() -> argparse.ArgumentParser:
                         "is a single option)")
     p.add_argument("--runs-dir", type=Path, help="where the runs' logs go (default: OUT/runs)")
     p.add_argument("--configs", type=Path, help="configs directory (default: the repository's configs/)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console script ``icrl-reproduce``."""
-    argv = sys.argv[1:] if argv is None else argv
-    p = parser()
     args = p.parse_args(argv)
-    registry = experiments()
     if args.list:
         print(describe(registry))
         return

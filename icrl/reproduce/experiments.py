@@ -1,6 +1,5 @@
-"""The experiments of ``icrl-reproduce`` as plain data: each paper figure's sweep points, the ``Figure``s
-drawn from their logged scalars, the end values to tabulate and the ``Check``s (the papers' claims: a
-reference value and a tolerance). Defined in ``icrl.reproduce.recall`` and ``icrl.reproduce.regression``.
+"""The experiments of ``icrl-reproduce`` as plain data (defined in ``icrl.reproduce.recall`` and ``.regression``):
+sweep points, ``Figure``s of their logged scalars, end values to tabulate and ``Check``s, the papers' claims.
 """
 
 from __future__ import annotations
@@ -17,10 +16,8 @@ PARAM_NAMES = {"alpha": "α", "eta": "η", "n_labelled": "N", "heads": "H", "con
 
 
 def point(model: str, config: str, overrides: tuple[str, ...] = (), params: dict | None = None) -> Point:
-    """One ``icrl fit`` of an experiment (trained once per seed), named ``<config>/<its overrides>``.
-
-    ``model`` names the line in plots and tables; ``params`` are the figure's coordinates (α, η,
-    N, heads, …) used to select points, label them and place them on sweep axes.
+    """One ``icrl fit`` of an experiment, named ``<config>/<its overrides>``: ``model`` names its line in plots and
+    tables, ``params`` are its figure coordinates (α, η, N, heads, …) that select, label and place it on sweep axes.
 
     >>> p = point("Reparam-Linear-FA", "recall/fig1/reparam-linear-fa.yaml", ("--data.alpha", "0.5"), {"alpha": 0.5})
     >>> p.name, label(p), matches(p, {"alpha": 0.5})
@@ -37,10 +34,13 @@ def schedule(steps: int, val_every: int, log_every: int) -> tuple[str, ...]:
             "--trainer.log_every_n_steps", str(log_every))
 
 
+def params_text(params: dict) -> str:
+    return ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in params.items())
+
+
 def label(p: Point) -> str:
     """The point's row in tables: its model and parameters."""
-    extra = ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in p.params.items())
-    return f"{p.model} ({extra})" if extra else p.model
+    return f"{p.model} ({params_text(p.params)})" if p.params else p.model
 
 
 def matches(p: Point, where: dict) -> bool:
@@ -48,11 +48,11 @@ def matches(p: Point, where: dict) -> bool:
 
 
 def reading_text(read) -> str:
-    """Which value of a curve a ``Check`` or ``Ref`` reads, as shown in tables: ``""`` for the end value,
-    else e.g. ``"max"`` or ``"log_slope over 1e-05 … 0.1"``."""
+    """Which value of a curve a ``Check`` or ``Ref`` reads, after its metric in tables: ``""`` for the end value,
+    else e.g. ``" (max)"`` or ``" (log_slope over 1e-05 … 0.1)"``."""
     if read.at == "log_slope":
-        return f"log_slope over {read.window[0]:g} … {read.window[1]:g}"
-    return "" if read.at == "end" else read.at
+        return f" (log_slope over {read.window[0]:g} … {read.window[1]:g})"
+    return "" if read.at == "end" else f" ({read.at})"
 
 
 @dataclass(frozen=True)
@@ -67,20 +67,18 @@ class Ref:
     window: tuple[float, float] = SLOPE_WINDOW  # with at="log_slope": the values the slope is fitted over
 
     def describe(self) -> str:
-        where = self.where or {}
-        run = " of " + ", ".join(f"{PARAM_NAMES.get(k, k)}={v}" for k, v in where.items()) if where else ""
-        at = f" ({reading_text(self)})" if reading_text(self) else ""
-        return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{at}{run}"
+        run = f" of {params_text(self.where)}" if self.where else ""
+        return f"{'' if self.scale == 1 else f'{self.scale:g} × '}`{self.metric}`{reading_text(self)}{run}"
 
 
 @dataclass(frozen=True)
 class Check:
     """A claim of the paper on one point's end value (mean over seeds) against a reference.
 
-    ``where`` selects the point (``matches``); ``reference`` is a number (theory) or a ``Ref`` (a measured
-    value). ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the
-    value of the curve checked, ``"end"`` (last logged), ``"first"``, ``"max"`` or ``"log_slope"`` (the slope
-    of its logarithm against step where it lies in ``window``: a linear rate).
+    ``where`` selects the point (``matches``); ``reference`` is a number (theory) or a ``Ref`` (a measured value).
+    ``kind``: ``"near"`` (within ``tol`` + ``rtol`` × |reference|), ``"above"`` or ``"below"``. ``at``: the value
+    checked, ``"end"`` (last logged), ``"first"``, ``"max"`` or ``"log_slope"`` (of ln value against step, where the
+    value lies in ``window``: a linear rate).
     """
 
     where: dict
@@ -101,9 +99,8 @@ class Check:
             return abs(value - ref) <= self.tol + self.rtol * abs(ref)
         return value > ref if self.kind == "above" else value < ref
 
-    def expected(self, reference: float | None = None) -> str:
-        """The reference as shown in the table, e.g. ``0.6931 ± 0.01`` or ``> 1``."""
-        ref = self.reference if reference is None else reference
+    def expected(self, ref: float) -> str:
+        """The reference ``ref`` (``reference`` read from the points) as shown in the table, e.g. ``0.6931 ± 0.01``."""
         text = f"{ref:.4g}" if isinstance(self.reference, float | int) else f"{self.reference.describe()} = {ref:.4g}"
         if self.kind != "near":
             return f"{'>' if self.kind == 'above' else '<'} {text}"

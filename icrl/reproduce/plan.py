@@ -1,7 +1,5 @@
-"""The experiments of ``icrl-reproduce`` as one sweep: their points, with this invocation's overrides.
-
-Points shared by several experiments (the same config and overrides) are one point, which
-``icrl.sweep.run_sweep`` trains once per seed.
+"""The experiments of ``icrl-reproduce`` as one sweep: their points, with this invocation's overrides. Points shared
+by several experiments (the same config and overrides) are one point, which ``icrl.sweep.run_sweep`` trains once.
 """
 
 from __future__ import annotations
@@ -46,11 +44,9 @@ def scoped(target: str, globs: Iterable[tuple[str, Sequence[str]]]) -> list[str]
 
 def plan(exps: list[Experiment], quick: bool = False, steps: int | None = None, configs: Path | None = None,
          fit_args: list[tuple[str, list[str]]] = ()) -> dict[tuple[str, str], Point]:
-    """The sweep points of ``exps``: ``{(experiment, point label): point}``; equal points are the same point.
-
-    A point's arguments: its own, then with ``quick`` the experiment's ``--quick`` overrides (globs over
-    point names), with ``steps`` every run's max_steps (validated 10 times), then the ``fit_args``
-    ``(glob, args)`` whose glob matches its config path (relative to ``configs``).
+    """The sweep points of ``exps``, ``{(experiment, point label): point}``, with the arguments: the point's own, with
+    ``quick`` the experiment's ``--quick`` overrides (globs over point names), with ``steps`` every run's max_steps
+    (validated 10 times), then the ``fit_args`` ``(glob, args)`` whose glob matches its config (under ``configs``).
     """
     configs = configs or configs_dir()
     length = schedule(steps, max(1, steps // 10), max(1, steps // 50)) if steps is not None else ()

@@ -1,8 +1,6 @@
-"""Figures of ``icrl-reproduce``: one PNG per ``Figure``, mean line and min–max band over seeds.
-
-Matplotlib's object API without pyplot: no display needed, and a notebook's backend is left alone.
-Lines keep one colour per name across all panels; losses and gaps go on log axes, where zero or
-negative values are drawn at ``LOSS_FLOOR``.
+"""Figures of ``icrl-reproduce``: one PNG per ``Figure``, mean line and min–max band over seeds, one colour per
+line name across all panels. Matplotlib's object API without pyplot: no display needed, a notebook's backend is
+left alone.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from matplotlib import figure as mpl_figure
 from matplotlib import ticker
 
 from icrl.reproduce.experiments import LOSS_FLOOR, PARAM_NAMES, Curves, Experiment, Figure, Panel, Sweep, matches
-from icrl.reproduce.results import Seeds, mean_end
+from icrl.reproduce.results import Seeds
 from icrl.sweep.grid import Point
 from icrl.sweep.tables import end_values, nan_mean
 
@@ -77,7 +75,8 @@ def _curves(ax, panel: Curves, data: dict[Point, Seeds], colors: dict[str, str])
     _theory(ax, panel, xs)
     refs = list(panel.refs)
     for metric, label in panel.ref_metrics:
-        ends = np.array([mean_end(seeds, metric) for point, seeds in data.items() if matches(point, panel.where)])
+        ends = np.array([nan_mean(end_values(seeds, metric)) for point, seeds in data.items()
+                         if matches(point, panel.where)])
         if not np.isnan(ends).all():
             refs.append((nan_mean(ends), label))
     for (value, label), style in zip(refs, ["--", ":", "-."] * 3):

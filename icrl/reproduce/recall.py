@@ -54,19 +54,13 @@ def recall_point(model: str, alpha: float = 0.0, family: str = "fig1", eta: floa
     return point(model, config, overrides + extra, {"alpha": alpha, **({} if eta is None else {"eta": eta}), **params})
 
 
-def finite_point(model: str, alpha: float, extra: tuple[str, ...] = ()) -> Point:
-    """A finite-sample point (2048 prompts, 100 epochs), validated and logged once per epoch."""
-    return recall_point(model, alpha, family="finite", extra=PER_EPOCH + extra)
-
-
 def gap_panels(alpha: float, legend=("model",)) -> tuple[Curves, Curves]:
     """In-distribution and OOD loss minus the Bayes risk, on a log axis."""
     task = "noiseless" if alpha == 0 else f"α = {alpha}"
     risk = f"H({alpha}) = {entropy(alpha):.4f}" if alpha else "0"
-    where = {"alpha": alpha}
-    return (Curves("val/bayes_gap", f"{task}: population loss", f"loss − Bayes risk ({risk})", where, legend),
-            Curves("val/ood_bayes_gap", f"{task}: OOD loss (unseen outputs)", f"OOD loss − Bayes risk ({risk})",
-                   where, legend))
+    return tuple(Curves(metric, f"{task}: {title}", f"{loss} − Bayes risk ({risk})", {"alpha": alpha}, legend)
+                 for metric, title, loss in (("val/bayes_gap", "population loss", "loss"),
+                                             ("val/ood_bayes_gap", "OOD loss (unseen outputs)", "OOD loss")))
 
 
 def recall_fig1() -> Experiment:
@@ -200,7 +194,8 @@ def recall_finite_fig() -> Experiment:
         ("val/ood_loss", f"OOD loss ({population} prompts, unseen outputs)")))
     return experiment(
         "recall-finite-fig", "finite-sample figure: ReLU trio at α = 0.5, 2048 prompts, loss per epoch",
-        " v1, finite-sample figure", (finite_point(m, 0.5, ("--data.n_val", str(population))) for m in relu_trio),
+        " v1, finite-sample figure",
+        (recall_point(m, 0.5, "finite", extra=(*PER_EPOCH, "--data.n_val", str(population))) for m in relu_trio),
         (Figure("recall-finite-fig", panels, "Finite-sample training, α = 0.5: 2048 prompts, batch 512, 100 epochs"),),
         checks, columns=(("train/loss", "training loss"), *COLUMNS[:4]),
         note="Reparam-ReLU-FA's Λ and fixed F (from the sample's α̂) cannot fit the sample's own noise: its "
@@ -229,7 +224,7 @@ def recall_margins_fig() -> Experiment:
     return experiment(
         "recall-margins-fig", "margin figures: ξ_A,y against max_j ξ_A,j and ξ_F,τ against max_j ξ_F,j, "
         "finite-sample linear trio at α ∈ {0.2, 0.5, 0.8}", " v1, logit-margin figures",
-        (finite_point(m, a) for m in LINEAR_TRIO for a in ALPHAS),
+        (recall_point(m, a, "finite", extra=PER_EPOCH) for m in LINEAR_TRIO for a in ALPHAS),
         (Figure("recall-margins-fig-attention", margin_panels("attn"),
                 "Attention logits: ξ_A,y against max_j ξ_A,j (finite sample, η = 0.1)"),
          Figure("recall-margins-fig-feedforward", margin_panels("ff"),
@@ -329,10 +324,9 @@ def recall_finite_n() -> Experiment:
          for m in LINEAR_TRIO for n in ns),
         (Figure("recall-finite-n", panels, "Finite samples, α = 0.5: exact gaps against n (400 steps)"),),
         checks, columns=COLUMNS[2:6],
-        note="400 steps of batch 512 on each sample. Reparam-Linear-FA's only error is γ from the sample's α̂: its "
-             "population gap is KL(α‖α̂), 1/(2n) in expectation (dashed). Reparam-Linear-W-FA's population gap "
-             "shrinks with n, its OOD gap does not: recall-fig1's limited generalization to unseen outputs is not a "
-             "sample-size effect. Origin-Linear-FA fails on unseen outputs whatever n.",
+        note="Reparam-Linear-FA's only error is γ from the sample's α̂: its population gap is KL(α‖α̂), 1/(2n) in "
+             "expectation (dashed). Reparam-Linear-W-FA's population gap shrinks with n, its OOD gap does not: "
+             "recall-fig1's limited generalization to unseen outputs is not a sample-size effect.",
         **FINITE_QUICK)
 
 

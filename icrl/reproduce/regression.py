@@ -1,8 +1,5 @@
-"""Template-regression experiments of ``icrl-reproduce``: Yang et al.'s Figures 2–5, Theorem 1 (docs/science.md §T.4).
-
-The configs under ``configs/regression/`` hold the paper's sizes, the 4-layer baseline's meant for a GPU
-(docs/performance.md §5); ``--quick`` shrinks steps, Fig. 3's token dimension, the 4-layer model and
-Fig. 5's wall-clock budget for a CPU. The checks are the paper's captions and theorem.
+"""Template-regression experiments of ``icrl-reproduce``: Yang et al.'s Figures 2–5, Theorem 1 (docs/science.md §T.4),
+at the paper's sizes (``configs/regression/``). The checks are the paper's captions and theorem.
 """
 
 from __future__ import annotations
@@ -62,10 +59,9 @@ def fig2() -> Experiment:
                    "the 4-layer baseline d_model 32, d_ff 64, 4 heads, batch 16, 100 steps (full: 5000 steps, "
                    "batch 256, d_model 256, d_ff 512, 8 heads)",
         note="Ridge is the best predictor on every token (independent targets, docs/science.md §T.1); the third run "
-             "removes what keeps the 64-head model from it after 5000 steps (§T.3): 128 heads, fresh prompts, Adam's "
-             "lr divided by 10 after step 4000. The 4-layer baseline at the paper's size is a GPU job "
-             "(docs/performance.md §5): a CPU run shrinks it with `--quick` or `--fit-args`, steps included, so its "
-             "curves may end before the 1-layer runs' (the steps column says where).")
+             "removes what keeps the 64-head model from it after 5000 steps (§T.3). The 4-layer baseline at the "
+             "paper's size is a GPU job (docs/performance.md §5): a CPU run shrinks it with `--quick` or `--fit-args`, "
+             "so its curves may end before the 1-layer runs' (the steps column says where).")
 
 
 def fig3() -> Experiment:
@@ -89,9 +85,8 @@ def fig3() -> Experiment:
         (Figure("regression-fig3", panels, "Figure 3: gap to the best predictor, m = 100, f ~ N(0, I/m)"),),
         (COLUMNS[1], COLUMNS[2], ("val/best_loss", "best loss"), ("val/ridge_gap", "gap to ridge"),
          ("val/best_gap", "gap to best"), ("val/ridge_best_gap", "ridge vs best (closed form)")), tuple(checks),
-        note="The caption's trend needs the regulariser mτ to dominate the small eigenvalues of Z Zᵀ over the whole "
-             "N range (docs/science.md §T.3, 'When the gap shrinks'): at unit-variance representations the gap peaks "
-             "near N = 72 and 129; the config draws f ~ N(0, I/m), where it shrinks towards N = m from both sides.",
+        note="The caption's trend needs the regulariser mτ to dominate the small eigenvalues of Z Zᵀ, hence f ~ "
+             "N(0, I/m) (docs/science.md §T.3, 'When the gap shrinks': at unit variance it peaks near N = 72 and 129).",
         quick={"*": ("--data.init_args.token_dim", "32", *schedule(200, 20, 10))},
         quick_note="token dimension d = 32, 200 steps (full: d = 100, 5000 steps)")
 
@@ -128,23 +123,20 @@ def fig4() -> Experiment:
     points += tuple(point(unstable, "regression/fig4-heads.yaml",
                           ("--model.init_args.heads", str(h), "--model.init_args.optimizer.init_args.lr", str(lr),
                            *schedule(300, 30, 1)), {"heads": h}) for h in (64, 1024))
+    overshoot = tuple(Curves(metric, f"lr {lr:g}: {title}", "mean squared error", fast, legend=("heads",))
+                      for metric, title in (("train/loss", "training loss"), ("val/loss", "test loss")))
     return Experiment(
-        "regression-fig4", "1-layer training loss against the number of heads H", PAPER + ", Figure 4",
-        points=points,
-        figures=(Figure("regression-fig4", panels, "Figure 4: one-layer model, number of heads H (N = 30)"),
-                 Figure("regression-fig4-instability",
-                        tuple(Curves(metric, f"lr {lr:g}: {title}", "mean squared error", fast,
-                                     legend=("heads",))
-                              for metric, title in (("train/loss", "training loss"), ("val/loss", "test loss"))),
-                        "Figure 4: too many heads for the step size (H × lr ≈ 3) overshoot")),
-        columns=COLUMNS[:3] + COLUMNS[6:7], checks=checks,
+        "regression-fig4", "1-layer training loss against the number of heads H", PAPER + ", Figure 4", points,
+        (Figure("regression-fig4", panels, "Figure 4: one-layer model, number of heads H (N = 30)"),
+         Figure("regression-fig4-instability", overshoot, "Figure 4: too many heads for the step size (H × lr ≈ 3) "
+                "overshoot")),
+        COLUMNS[:3] + COLUMNS[6:7], checks,
         quick={"*": schedule(400, 40, 10), f"*lr={lr:g}*": schedule(60, 10, 1)},
         quick_note=f"400 steps (full: 5000); lr {lr:g}: 60 steps (full: 300)",
         note="Too many heads ('lead to instability') is a matter of H × step size: at the start every head attends "
-             "alike, so Adam moves the read-outs w of all H heads together, each entry by about the step size; the "
-             "prediction moves by about H γ² lr a step, and from H × lr ≈ 1 the first steps overshoot. At the "
-             "config's lr 1e-4 that takes H ≈ 16000, too large to train here, hence lr 3e-3 in the second figure "
-             "(the search: docs/science.md §T.3, 'Too many heads').")
+             "alike, so Adam moves all H read-outs w together, each entry by about the step size, and the prediction "
+             "by about H γ² lr a step: from H × lr ≈ 1 the first steps overshoot. At the config's lr 1e-4 that takes "
+             "H ≈ 16000, too many to train here, hence lr 3e-3 (docs/science.md §T.3, 'Too many heads').")
 
 
 def fig5() -> Experiment:
@@ -184,8 +176,8 @@ def gd_rate() -> Experiment:
         (COLUMNS[0], ("train/excess_loss", "excess over the global minimum"), *COLUMNS[1:3]), checks,
         note="`train/excess_loss` is the training loss minus the global minimum, the least-squares fit linear in y "
              "on the training batch (docs/science.md §T.3, 'Convergence'). A linear rate is a straight line on the "
-             "log axis; here its slope eases by about a third from 1e-3 … 1e-2 to 1e-4 … 1e-3 as Q keeps moving "
-             "(a power law ∝ 1/t would flatten about three times). At η_Q = 0.1 the excess oscillates below 1e-3.",
+             "log axis; its slope eases by a third from 1e-3 … 1e-2 to 1e-4 … 1e-3 as Q keeps moving (a "
+             "power law ∝ 1/t would flatten threefold). At η_Q = 0.1 the excess oscillates below 1e-3.",
         quick={"*": ("--data.init_args.n_val", "64")},
         quick_note="64 validation prompts (full: 200); the 6000 steps kept")
 

@@ -11,7 +11,7 @@ import torch
 from icrl.reproduce.experiments import Experiment, Ref, label, matches, reading_text
 from icrl.sweep.grid import Point
 from icrl.sweep.job import code_version
-from icrl.sweep.tables import SLOPE_WINDOW, end_values, fmt_number, fmt_values, nan_mean, table
+from icrl.sweep.tables import end_values, fmt_number, fmt_values, nan_mean, table
 
 Seeds = dict[int, dict]  # seed -> the job's result ({"scalars": {tag: [steps, values]}, "error": ...})
 
@@ -23,10 +23,6 @@ def find_point(exp: Experiment, where: dict) -> Point:
     return found[0]
 
 
-def mean_end(seeds: Seeds, metric: str, at: str = "end", window: tuple[float, float] = SLOPE_WINDOW) -> float:
-    return nan_mean(end_values(seeds, metric, at, window))
-
-
 def check_rows(exp: Experiment, data: dict[Point, Seeds]) -> list[list[str]]:
     """One row per claim: point, metric, measured, paper / theory, claim, ✓ or ✗ (on the mean over seeds)."""
     rows = []
@@ -36,10 +32,9 @@ def check_rows(exp: Experiment, data: dict[Point, Seeds]) -> list[list[str]]:
         ref = check.reference
         if isinstance(ref, Ref):
             ref_point = point if ref.where is None else find_point(exp, ref.where)
-            ref = ref.scale * mean_end(data.get(ref_point, {}), ref.metric, ref.at, ref.window)
-        metric = f"`{check.metric}`" + (f" ({reading_text(check)})" if reading_text(check) else "")
-        rows.append([label(point), metric, fmt_values(values), check.expected(ref), check.claim,
-                     "✓" if check.holds(nan_mean(values), ref) else "✗"])
+            ref = ref.scale * nan_mean(end_values(data.get(ref_point, {}), ref.metric, ref.at, ref.window))
+        rows.append([label(point), f"`{check.metric}`{reading_text(check)}", fmt_values(values), check.expected(ref),
+                     check.claim, "✓" if check.holds(nan_mean(values), ref) else "✗"])
     return rows
 
 
@@ -76,22 +71,18 @@ def section(exp: Experiment, data: dict[Point, Seeds], pngs: list[Path], quick: 
     return "\n".join(parts)
 
 
-def machine() -> str:
+def write(out: Path, sections: list[str], command: str, seeds: list[int], mode: str, timing: str) -> Path:
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):  # no /proc (macOS, Windows), or no model name in it
         cpu = platform.processor() or platform.machine()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {device}, "
-            f"torch {torch.__version__}")
-
-
-def write(out: Path, sections: list[str], command: str, seeds: list[int], mode: str, timing: str) -> Path:
     head = ["# icrl-reproduce results", "",
             f"Command: `{command}`  ",
             f"Mode: {mode}; seeds {', '.join(map(str, seeds))}; {timing}.  ",
-            f"Machine: {machine()}.  ",
+            f"Machine: {platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {device}, "
+            f"torch {torch.__version__}.  ",
             f"Code: icrl {code_version()}.", "",
             "Curves: mean over seeds, shaded min–max. On log axes, values at or below 1e-7 (a loss that reached "
             "its Bayes risk to float precision) are drawn at 1e-7. ✓: the mean over seeds satisfies the claim.", ""]

@@ -4,12 +4,9 @@
     icrl sweep sweeps/recall-alpha.yaml --jobs 2 --reuse         # keep finished jobs, resume the others
     icrl sweep sweeps/recall-alpha.yaml --backend ray --address HEAD:6379   # every job a task on a Ray cluster
 
-The YAML format is in ``icrl.sweep.grid`` (``--out`` defaults to ``runs/<sweep file name>``). A job
-is one ``icrl fit`` of a point × seed, in its own folder ``OUT/runs/<point>/seed<S>-<key>/``
-(TensorBoard logs, ``scalars.csv``, ``log.txt``, ``result.json``; point: its overrides, key: its
-content hash, see ``icrl.sweep.job``), so ``tensorboard --logdir OUT/runs`` compares the points.
-``OUT/summary.{csv,md}``: end metrics per point, mean ± std over seeds, and the failed jobs.
-``icrl-reproduce`` trains its experiments through the same ``run_sweep``.
+The YAML format is in ``icrl.sweep.grid``. A job is one ``icrl fit`` of a point × seed, in its folder
+``OUT/runs/<point>/seed<S>-<key>/`` (key: its content hash, ``icrl.sweep.job``); ``OUT/summary.{csv,md}``:
+end metrics per point over seeds (``icrl.sweep.summary``). ``icrl-reproduce`` trains through ``run_sweep``.
 """
 
 from __future__ import annotations
@@ -46,25 +43,19 @@ def plan_sweep(points: list[Point], seeds: list[int], runs_dir: Path, threads: i
 
 def run_sweep(planned: dict[tuple[Point, int], dict], backend: str = "local", jobs: int = 1, threads: int = 1,
               reuse: bool = False, address: str | None = None, progress: bool = True) -> dict[tuple[Point, int], dict]:
-    """Train every planned job (each distinct one once); return ``{(point, seed): result}``.
-
-    ``reuse``: keep the jobs that finished with exactly this config, seed and code, and resume the
-    unfinished ones from their ``last.ckpt``; without it every job starts afresh. ``Stopped`` after
-    SIGINT / SIGTERM (``icrl.sweep.backends.Stop``), saying what was kept.
-    """
+    """Train every planned job (each distinct one once); return ``{(point, seed): result}``. ``reuse``: keep the
+    jobs finished with this very key, resume the others from ``last.ckpt`` (else all start afresh). ``Stopped``
+    after SIGINT / SIGTERM, saying what was kept."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: choose from {list(BACKENDS)}")
     by_key = {}
     for job in planned.values():
         by_key.setdefault(job["key"], job)
-    results, todo = {}, []
-    for key, job in by_key.items():
-        if reuse and (done := finished(job)) is not None:
-            results[key] = done
-            continue
-        if not reuse:
+    results = {key: done for key, job in by_key.items() if reuse and (done := finished(job)) is not None}
+    todo = [job for key, job in by_key.items() if key not in results]
+    if not reuse:
+        for job in todo:
             shutil.rmtree(job["dir"], ignore_errors=True)
-        todo.append(job)
     show = Progress(len(todo), jobs, progress)
     if results:
         show.note(f"icrl sweep: {len(results)} of {len(by_key)} runs reused (finished earlier with this config)")
@@ -103,18 +94,6 @@ def exit_stopped(prog: str, argv: list[str], stop: Stopped) -> None:
     sys.exit(EXIT_CODES[stop.signum])
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icrl sweep",
-                                description="A grid of icrl fit overrides × seeds: one run each, and a summary.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Sweep file format:\n" + grid.__doc__.split("::", 1)[1].split(">>>", 1)[0])
-    p.add_argument("sweep", type=Path, help="the sweep YAML")
-    p.add_argument("--out", type=Path, help="output directory: runs/, summary.csv, summary.md "
-                                             "(default: runs/<sweep file name>)")
-    add_execution_arguments(p)
-    return p
-
-
 def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     """The options ``icrl sweep`` and ``icrl-reproduce`` share: backend, parallelism, reuse."""
     p.add_argument("--backend", choices=BACKENDS, default="local",
@@ -124,8 +103,7 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel, one thread each (default: 1); a "
                                                       "run with several processes (DDP) takes that many")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process (default: 1; more threads than free cores slow training down a "
-                        "lot)")
+                   help="torch threads per process (default: 1; more threads than free cores slow training a lot)")
     p.add_argument("--reuse", action="store_true",
                    help="keep runs already finished with exactly this config, seed and code; resume unfinished ones")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress line")
@@ -142,7 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     """``icrl sweep``: exit 0 when every run finished, 1 when any failed, 2 on a bad sweep file or option, 130 / 143
     when stopped by SIGINT / SIGTERM."""
     argv = sys.argv[2:] if argv is None else argv
-    p = parser()
+    p = argparse.ArgumentParser(prog="icrl sweep",
+                                description="A grid of icrl fit overrides × seeds: one run each, and a summary.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Sweep file format:\n" + grid.__doc__.split("::", 1)[1].split(">>>", 1)[0])
+    p.add_argument("sweep", type=Path, help="the sweep YAML")
+    p.add_argument("--out", type=Path, help="output directory: runs/, summary.csv, summary.md "
+                                             "(default: runs/<sweep file name>)")
+    add_execution_arguments(p)
     args = p.parse_args(argv)
     check_execution_arguments(p, args)
     out = args.out or Path("runs") / args.sweep.stem

@@ -1,14 +1,13 @@
 """Where a sweep's jobs train: ``local`` (a pool of warm worker processes on this machine) or ``ray``.
 
-Both call ``icrl.sweep.job.train_job`` once per job and differ only in who decides where and when.
-``local``: ``jobs`` slots; a run takes as many slots as it starts processes (at most all of them),
-so a 2-process DDP run waits for two free slots. ``ray``: each run a Ray task asking for
-``processes × threads`` CPUs and its GPUs; Ray places it on a node with those free, on a local Ray
-instance of ``jobs × threads`` CPUs when no ``address`` is given.
+Both run ``icrl.sweep.job.train_job`` once per job through one loop (``_pool``). ``local``: ``jobs`` slots, a
+run taking as many as it starts processes (at most all), so a 2-process DDP run waits for two free slots.
+``ray``: at most ``jobs`` Ray tasks, each asking for ``processes × threads`` CPUs and its GPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -35,10 +34,9 @@ class Stopped(Exception):
 
 
 class Stop:
-    """SIGINT / SIGTERM to the sweep: no run starts after the first, and the runs in flight get it once
-    (``forward``) and stop as ``icrl fit`` does, with a checkpoint; a second one aborts them (``SIGKILL``).
-    The worker processes have process groups of their own, so a terminal's Ctrl-C reaches the sweep alone.
-    """
+    """SIGINT / SIGTERM to the sweep: no run starts after the first, and the runs in flight get it once (``forward``)
+    and stop as ``icrl fit`` does, with a checkpoint; a second aborts them (``SIGKILL``). Workers have process groups
+    of their own, so a terminal's Ctrl-C reaches the sweep alone."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -63,22 +61,12 @@ class Progress:
 
     def __init__(self, total: int, slots: int, show: bool = True, stream=sys.stderr):
         self.total, self.slots, self.show, self.stream = total, slots, show, stream
-        self.done = self.failed = self.stopped = self.running = 0
+        self.done = self.failed = self.stopped = 0
         self.walls: list[float] = []
         self.tty = show and stream.isatty()
 
-    def line(self) -> str:
-        left = ""
-        if self.walls:
-            remaining = self.total - self.done - self.failed
-            seconds = sum(self.walls) / len(self.walls) * remaining / max(1, min(self.slots, remaining))
-            left = f", ~{seconds:.0f} s left"
-        return (f"icrl sweep: {self.done}/{self.total} done, {self.running} running, {self.failed} failed"
-                f"{f', {self.stopped} stopped' * bool(self.stopped)}{left}")
-
     def update(self, running: int, result: dict | None = None, stopping: bool = False) -> None:
         """``running`` runs in flight; ``result``: a run that ended (while ``stopping``: a failure is a stop)."""
-        self.running = running
         if result is not None:
             self.walls.append(result["wall_s"])
             if result["exit_code"] == 0:
@@ -88,33 +76,37 @@ class Progress:
             else:
                 self.failed += 1
                 self.note(f"  FAILED {result['dir']}: exit code {result['exit_code']}, see {result['log']}")
+        line = f"icrl sweep: {self.done}/{self.total} done, {running} running, {self.failed} failed"
+        line += f", {self.stopped} stopped" * bool(self.stopped)
+        if self.walls:
+            remaining = self.total - self.done - self.failed
+            seconds = sum(self.walls) / len(self.walls) * remaining / max(1, min(self.slots, remaining))
+            line += f", ~{seconds:.0f} s left"
         if self.tty:
-            self.stream.write("\r\033[K" + self.line())
+            self.stream.write("\r\033[K" + line)
             self.stream.flush()
         elif self.show and result is not None:  # a log file: one line per run ended
-            self.stream.write(self.line() + "\n")
+            self.stream.write(line + "\n")
 
     def note(self, text: str) -> None:
         if self.show:
             self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
 
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
 
-
-def train_here(todo: list[dict], threads: int, progress: Progress, stop: Stop) -> list[dict]:
-    before, results = torch.get_num_threads(), []
-    torch.set_num_threads(threads)
-    try:
-        for job in todo:
-            if stop.signum is not None:
-                break
-            progress.update(1)
-            results.append(_train(job, stop))
-            progress.update(0, results[-1], stop.signum is not None)
-    finally:
-        torch.set_num_threads(before)
+def _pool(todo: list[dict], jobs: int, progress: Progress, stop: Stop, submit, ended, collect, forward,
+          slots=lambda job: 1) -> list[dict]:
+    """Start runs in order while their ``slots`` fit in ``jobs`` and no stop came (``submit``: a run's handle), and
+    ``collect`` the result of each that ``ended``; ``forward``: a stop's signal to a run in flight."""
+    results, waiting, running = [], list(todo), {}  # running: handle -> job
+    stop.forward = lambda signum: [forward(handle, signum) for handle in list(running)]
+    while running or waiting and stop.signum is None:
+        while waiting and stop.signum is None and sum(map(slots, running.values())) + slots(waiting[0]) <= jobs:
+            job = waiting.pop(0)
+            running[submit(job)] = job
+        progress.update(len(running))
+        for handle in ended(list(running)):
+            results.append(collect(handle, running.pop(handle)))
+            progress.update(len(running), results[-1], stop.signum is not None)
     return results
 
 
@@ -127,11 +119,12 @@ class Worker:
         self.process.start()
         child.close()  # the worker's end: when it dies, ``conn`` reads end-of-file
 
+    def fileno(self) -> int:  # ``wait`` on workers: ready with a result, or dead
+        return self.conn.fileno()
+
     def signal(self, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)  # its group: the worker, and a run's subprocesses
-        except ProcessLookupError:
-            pass
 
     def close(self) -> None:
         self.conn.close()  # an idle worker returns; a busy one is killed
@@ -144,47 +137,41 @@ def train_local(todo: list[dict], jobs: int, threads: int, progress: Progress, s
     """Train ``todo`` on ``jobs`` slots of warm worker processes. A worker that dies (out of memory, killed)
     fails its run alone; the next run gets a new worker."""
     ctx = multiprocessing.get_context("spawn")
-    results, waiting, used, idle, busy = [], list(todo), 0, [], {}
-    stop.forward = lambda signum: [worker.signal(signum) for worker, _, _ in list(busy.values())]
-    try:
-        while busy or waiting and stop.signum is None:
-            while waiting and stop.signum is None and used + (need := min(waiting[0]["processes"], jobs)) <= jobs:
-                worker = idle.pop() if idle else Worker(ctx, threads)
-                worker.conn.send(waiting[0])
-                busy[worker.conn] = (worker, waiting.pop(0), need)
-                used += need
-            progress.update(len(busy))
-            for conn in wait(list(busy)):
-                worker, job, need = busy.pop(conn)
-                used -= need
-                try:
-                    result = conn.recv()
-                    idle.append(worker)
-                except (EOFError, OSError):
-                    worker.close()
-                    result = _failed(job, -1, f"worker died (exit code {worker.process.exitcode})")
-                results.append(result)
-                progress.update(len(busy), result, stop.signum is not None)
-    finally:
-        for worker in [*idle, *(w for w, _, _ in busy.values())]:
+    idle, started = [], set()
+
+    def submit(job: dict) -> Worker:
+        worker = idle.pop() if idle else Worker(ctx, threads)
+        started.add(worker)
+        worker.conn.send(job)
+        return worker
+
+    def collect(worker: Worker, job: dict) -> dict:
+        try:
+            result = worker.conn.recv()
+        except (EOFError, OSError):
             worker.close()
-    return results
+            return _failed(job, -1, f"worker died (exit code {worker.process.exitcode})")
+        idle.append(worker)
+        return result
+
+    try:
+        return _pool(todo, jobs, progress, stop, submit, wait, collect, Worker.signal,
+                     lambda job: min(job["processes"], jobs))
+    finally:
+        for worker in started:
+            worker.close()
 
 
 def _serve(conn, threads: int) -> None:
     """A worker: trains the jobs it receives until the sweep closes the pipe; dies with the sweep."""
     os.setpgrp()
     torch.set_num_threads(threads)
-    stop = Stop()  # the sweep knows the signal: it forwarded it
-    for s in EXIT_CODES:
+    for s in EXIT_CODES:  # the sweep knows the signal: it forwarded it
         signal.signal(s, lambda signum, frame: None)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    while True:
-        try:
-            job = conn.recv()
-        except EOFError:
-            return
-        conn.send(_train(job, stop))
+    with contextlib.suppress(EOFError):  # the sweep closed the pipe
+        while True:
+            conn.send(_train(conn.recv(), Stop()))
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -216,8 +203,7 @@ def _train(job: dict, stop: Stop) -> dict:
 
 def train_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, stop: Stop,
               address: str | None = None) -> list[dict]:
-    """Train ``todo`` as Ray tasks, at most ``jobs`` at a time, on the cluster at ``address`` or on a local Ray
-    instance."""
+    """Train ``todo`` as Ray tasks on the cluster at ``address`` or on a local Ray instance."""
     try:
         import ray  # optional: pip install -e ".[ray]"
     except ImportError:
@@ -235,23 +221,18 @@ def train_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, sto
     try:
         cpus = ray.cluster_resources().get("CPU", 1)
         task = ray.remote(_ray_train)
-        results, waiting, running = [], list(todo), {}
-        stop.forward = lambda signum: [ray.cancel(ref, force=signum == signal.SIGKILL) for ref in list(running)]
-        while running or waiting and stop.signum is None:
-            while waiting and stop.signum is None and len(running) < jobs:
-                job = waiting.pop(0)  # a run never asks for more CPUs than the cluster has: it would wait forever
-                running[task.options(num_cpus=min(job["processes"] * threads, cpus), num_gpus=job["gpus"]).remote(job)] = job
-            progress.update(len(running))
-            finished, _ = ray.wait(list(running), num_returns=1)
-            for ref in finished:
-                job = running.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except Exception as err:  # noqa: BLE001 - a dead worker, a cancelled task
-                    result = _failed(job, -1, f"worker died: {err}")
-                results.append(result)
-                progress.update(len(running), result, stop.signum is not None)
-        return results
+
+        def submit(job: dict):  # a run never asks for more CPUs than the cluster has: it would wait forever
+            return task.options(num_cpus=min(job["processes"] * threads, cpus), num_gpus=job["gpus"]).remote(job)
+
+        def collect(ref, job: dict) -> dict:
+            try:
+                return ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - a dead worker, a cancelled task
+                return _failed(job, -1, f"worker died: {err}")
+
+        return _pool(todo, jobs, progress, stop, submit, lambda refs: ray.wait(refs, num_returns=1)[0], collect,
+                     lambda ref, signum: ray.cancel(ref, force=signum == signal.SIGKILL))
     finally:
         if started:
             ray.shutdown()
@@ -262,28 +243,30 @@ def _ray_train(job: dict) -> dict:
     return _train(job, Stop())  # ray.cancel: a SIGINT for the task's fit (a Ray task runs in the main thread)
 
 
-def _failed(job: dict, code: int, error: str) -> dict:
-    """The result of a run that ended without one (its worker died, or it stopped before its first step)."""
+def _failed(job: dict, code: int, error: str) -> dict:  # a worker died, or a run stopped before its first step
     return {**job, "scalars": {}, "wall_s": 0.0, "exit_code": code, "error": error, "log": f"{job['dir']}/log.txt"}
 
 
-def execute(todo: list[dict], backend: str = "local", jobs: int = 1, threads: int = 1, progress: Progress | None = None,
+def execute(todo: list[dict], backend: str, jobs: int, threads: int, progress: Progress,
             address: str | None = None) -> list[dict]:
     """Train ``todo`` on ``backend``; the results in the order the runs ended. ``Stopped`` after SIGINT / SIGTERM,
     when the runs in flight have stopped."""
-    progress = progress or Progress(len(todo), jobs, show=False)
-    start, stop = time.perf_counter(), Stop()
+    before, start, stop = torch.get_num_threads(), time.perf_counter(), Stop()
+    torch.set_num_threads(threads)  # for the runs trained in this process
     stop.install()
     try:
         if backend == "ray":
             results = train_ray(todo, jobs, threads, progress, stop, address)
         elif jobs == 1 and not any(job["subprocess"] for job in todo):  # in this process: no worker to start
-            results = train_here(todo, threads, progress, stop)
+            results = _pool(todo, 1, progress, stop, id, list, lambda handle, job: _train(job, stop),
+                            lambda handle, signum: None)
         else:
             results = train_local(todo, jobs, threads, progress, stop)
     finally:
         stop.restore()
-        progress.close()
+        torch.set_num_threads(before)
+        if progress.tty:
+            progress.stream.write("\n")
     if stop.signum is not None:
         raise Stopped(stop.signum, results)
     progress.note(f"icrl sweep: trained {len(todo)} runs in {time.perf_counter() - start:.0f} s "

@@ -34,13 +34,9 @@ KEYS = {"config", "set", "grid", "seeds", "args", "metrics"}
 
 @dataclass(frozen=True)
 class Point:
-    """One point of a sweep: ``icrl fit --config config *args``, trained once per seed.
-
-    ``name`` is readable (``alpha=0.5,lr=0.1``): it names the point's run folders, so TensorBoard
-    lists the runs by their overrides; ``values`` are the overrides as the summary's columns.
-    ``model`` and ``params`` are what ``icrl-reproduce`` draws it as: its line's name and its
-    coordinates in the figures (α, η, N, heads, …).
-    """
+    """One point of a sweep: ``icrl fit --config config *args``, trained once per seed. ``name`` (``alpha=0.5,lr=0.1``)
+    names its run folders, as TensorBoard lists them; ``values``: the overrides as the summary's columns;
+    ``model``, ``params``: its line and coordinates in ``icrl-reproduce``'s figures (α, η, N, heads, …)."""
 
     name: str
     config: str
@@ -98,29 +94,26 @@ def load(path: str | Path) -> SweepFile:
     sweep = yaml.safe_load(path.read_text()) or {}
     if not isinstance(sweep, dict):
         raise ValueError(f"{path}: a sweep file is a mapping with keys {sorted(KEYS)}, got {type(sweep).__name__}")
-    unknown = set(sweep) - KEYS
-    if unknown:
+    if unknown := set(sweep) - KEYS:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(KEYS)}")
     if "config" not in sweep:
         raise ValueError(f"{path}: 'config' (the base icrl fit config, relative to the sweep file) is required")
     config = (path.parent / sweep["config"]).resolve()
     if not config.is_file():
         raise ValueError(f"{path}: config: no file at {config}")
+    for name in ("set", "grid"):
+        if not isinstance(sweep.get(name) or {}, dict):
+            raise ValueError(f"{path}: '{name}' must map dotted icrl fit settings to values, got {sweep[name]!r}")
     grid = sweep.get("grid") or {}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
-    for name in ("set", "grid"):
-        if not isinstance(sweep.get(name) or {}, dict):
-            raise ValueError(f"{path}: '{name}' must map dotted icrl fit settings to values, got {sweep[name]!r}")
     seeds = sweep.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
             or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
-    args = sweep.get("args") or []
-    metrics = sweep.get("metrics") or []
+    args, metrics = (sweep.get(name) or [] for name in ("args", "metrics"))
     for name, value in (("args", args), ("metrics", metrics)):
         if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
             raise ValueError(f"{path}: '{name}' must be a list of strings, got {value!r}")
-    points = grid_points(str(config), grid, sweep.get("set"), tuple(args))
-    return SweepFile(tuple(points), tuple(seeds), tuple(metrics))
+    return SweepFile(tuple(grid_points(str(config), grid, sweep.get("set"), tuple(args))), tuple(seeds), tuple(metrics))

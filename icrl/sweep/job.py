@@ -1,15 +1,10 @@
 """One job of a sweep: a point × seed, its resolved config, its content key, its folder, and training it.
 
-A job's identity (``key``) is a hash of what ``icrl fit --print_config`` prints for it (the base
-YAML with every override applied, the seed included, the log folder left out) and of the code
-(``code_version``): a changed YAML, override, seed or commit is another job. A job is a plain
-dict, so it travels to a worker process or a Ray task. ``train_job`` trains it in this process
-(a warm worker: no interpreter start-up) when it is a single process, or as an ``icrl fit``
-subprocess when it asks for several (devices, nodes: Lightning's launcher then starts the other
-ranks from that command, never from the sweep's; so does any job with a distributed strategy).
-It resumes from the job's ``last.ckpt`` when one is there, and writes ``result.json`` (the exit
-code, the wall time) when it ends; its scalars come back from the ``scalars.csv`` every
-``icrl fit`` writes (``icrl.scalars``).
+A job's ``key`` hashes what ``icrl fit --print_config`` prints for it (without its log folder) and the
+code (``code_version``): a changed YAML, override, seed or commit is another job. A job is a plain dict,
+so it travels to a worker process or a Ray task. ``train_job`` trains a single-process job in this
+process (a warm worker), any other as an ``icrl fit`` subprocess, so that Lightning's launcher starts
+its ranks from that command, never from the sweep's.
 """
 
 from __future__ import annotations
@@ -66,12 +61,9 @@ def fit_args(config: str, args: tuple[str, ...] | list[str], seed: int) -> list[
 
 @functools.cache
 def parsers() -> tuple:
-    """``icrl``'s argument parsers (the main one, the subcommands' method arguments, the subcommands'), built once
-    per process: building them is most of the cost of ``--print_config`` and of a run's start (docs/performance.md).
-
-    LightningCLI builds its parsers only in its constructor, which goes on to parse and run: a subclass
-    stops it with an exception carrying them, the one hook (``parse_arguments``) between the two.
-    """
+    """``icrl``'s parsers (main, subcommands' method arguments, subcommands'), built once per process: most of the
+    cost of ``--print_config`` and of a run's start (docs/performance.md). LightningCLI builds them only in its
+    constructor, which goes on to parse and run: its one hook between the two raises them out."""
     class Built(Exception):
         pass
 
@@ -95,12 +87,8 @@ class WarmCLI(IcrlCLI):
 
 
 def resolve(config: str, args: tuple[str, ...] | list[str], seed: int, build: bool = False) -> str:
-    """What ``icrl fit --print_config`` prints for this job (without its log folder).
-
-    ``ValueError`` with the CLI's one-line message when the arguments do not parse (an unknown
-    setting, a value of the wrong type) or, with ``build``, when the model or data class refuses
-    them (``alpha=1.5``): the sweep refuses them before any run starts.
-    """
+    """What ``icrl fit --print_config`` prints for this job (without its log folder). ``ValueError`` with a one-line
+    message when the arguments do not parse or, with ``build``, when the model or data class refuses them."""
     parser = parsers()[2]["fit"]
     parser.exit_on_error = False  # raise the error instead of printing it and exiting
     try:
@@ -165,11 +153,8 @@ def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, versio
 
 
 def finished(job: dict) -> dict | None:
-    """The result of this very job (same key) if it finished successfully earlier.
-
-    A damaged ``result.json`` or ``scalars.csv`` (a write cut short) makes the job unfinished, said in one line:
-    it resumes from its ``last.ckpt``, or trains afresh when its scalars are what is damaged.
-    """
+    """The result of this very job (same key) if it finished successfully earlier. A damaged ``result.json`` (it
+    resumes from its ``last.ckpt``) or ``scalars.csv`` (it trains afresh) makes it unfinished, said in one line."""
     path = Path(job["dir"]) / "result.json"
     try:
         saved = json.loads(path.read_text()) if path.exists() else {}
@@ -186,8 +171,7 @@ def finished(job: dict) -> dict | None:
         return None
 
 
-def scalars_of(job_dir: str | Path) -> dict:
-    """``read_scalars`` of a job's folder; ``ValueError`` naming its files for a malformed row."""
+def scalars_of(job_dir: str | Path) -> dict:  # ``ValueError`` naming the files for a malformed row
     try:
         return read_scalars(job_dir)
     except (ValueError, csv.Error) as err:
@@ -202,11 +186,8 @@ def last_checkpoint(job_dir: Path) -> Path | None:
 
 
 def train_job(job: dict) -> dict:
-    """Train one job (resuming from its ``last.ckpt`` if any); return its result and save ``result.json``.
-
-    Never raises: a failed job comes back with ``exit_code`` (2 a bad setting, 1 a diverging loss
-    or a crash) and ``error``, its console output in ``log.txt``.
-    """
+    """Train one job (resuming from its ``last.ckpt`` if any); return its result and save ``result.json``. Never
+    raises: a failed job has ``exit_code`` 2 (a bad setting) or 1 (a diverging loss, a crash) and ``error``."""
     job_dir = Path(job["dir"])
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "result.json").unlink(missing_ok=True)
@@ -236,14 +217,13 @@ def train_job(job: dict) -> dict:
 
 def _fit_here(args: list[str], log) -> int:
     """``icrl fit`` in this process, its output into ``log``; the exit code ``icrl`` would give."""
-    quiet = logging.getLogger("lightning.pytorch"), logging.getLogger("lightning.fabric")
-    levels = [q.level for q in quiet]
+    levels = {q: q.level for q in map(logging.getLogger, ("lightning.pytorch", "lightning.fabric"))}
     threads = torch.get_num_threads()
     code = 0
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
         # the sweep's own command line is no argument of this run: LightningCLI's warning about it is noise
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        for q in quiet:
+        for q in levels:
             q.setLevel(logging.WARNING)
         try:
             cli_main(args, cli_class=WarmCLI)
@@ -256,7 +236,7 @@ def _fit_here(args: list[str], log) -> int:
             traceback.print_exc()
             code = 1
         finally:
-            for q, level in zip(quiet, levels):
+            for q, level in levels.items():
                 q.setLevel(level)
             torch.set_num_threads(threads)
     return code

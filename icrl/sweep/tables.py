@@ -38,8 +38,7 @@ READ = {"end": lambda s, v, w: v[-1], "first": lambda s, v, w: v[0], "max": lamb
 
 def end_values(seeds: dict[int, dict], metric: str, at: str = "end",
                window: tuple[float, float] = SLOPE_WINDOW) -> np.ndarray:
-    """The last (``at="first"``: first, ``"max"``: largest, ``"log_slope"``: ``log_slope`` over ``window``)
-    logged value of ``metric`` per seed (NaN where a seed did not log it)."""
+    """``READ[at]`` of ``metric``'s logged curve per seed (NaN where a seed did not log it)."""
     return np.array([READ[at](*r["scalars"][metric][:2], window) if metric in r["scalars"] else math.nan
                      for r in seeds.values()], dtype=float)
 
