@@ -17,11 +17,12 @@ from conftest import ROOT
 from icrl.sweep import main
 
 BASE = ROOT / "configs" / "recall" / "fig1" / "reparam-linear-fa.yaml"
-# 4 runs of 300 tiny steps, validated every 100, a checkpoint every 20: long enough to be stopped in flight
+# 4 runs of 1000 tiny steps, validated every 250, a checkpoint every 50: long enough to be stopped in flight
+# on a loaded machine too (the second sweep's lock check below takes seconds)
 SWEEP = {"config": str(BASE), "grid": {"data.alpha": [0.0, 0.5]}, "seeds": [0, 1],
          "set": {"data.context_length": 16, "data.batch_size": 8, "data.n_val": 64, "data.val_batch_size": 64,
-                 "trainer.max_steps": 300, "trainer.val_check_interval": 100, "trainer.log_every_n_steps": 1,
-                 "checkpoint_every_n_steps": 20}}
+                 "trainer.max_steps": 1000, "trainer.val_check_interval": 250, "trainer.log_every_n_steps": 1,
+                 "checkpoint_every_n_steps": 50}}
 
 
 @pytest.fixture(scope="module")
