@@ -57,11 +57,16 @@ class ScalarFile(Logger):
 
 
 def read_scalars(root: str | Path) -> dict[str, list[list[float]]]:
-    """``{tag: [steps, values, seconds]}`` of the ``scalars.csv`` files under ``root``; seconds from the first row."""
+    """``{tag: [steps, values, seconds]}`` of the ``scalars.csv`` files under ``root``; seconds from the first row.
+    ``ValueError`` naming the file and row for a malformed row (a file damaged by hand or a full disk)."""
     rows = []
     for path in sorted(Path(root).rglob(FILE)):
         with open(path, newline="") as f:
-            rows += [(float(t), tag, int(step), float(value)) for tag, step, value, t in csv.reader(f)]
+            reader = csv.reader(f)
+            try:
+                rows += [(float(t), tag, int(step), float(value)) for tag, step, value, t in reader]
+            except (ValueError, csv.Error) as err:
+                raise ValueError(f"{path} is damaged (a malformed row, line {reader.line_num}: {err})") from None
     rows.sort()  # by time: a resumed run's rows after the earlier ones, so its values win
     start = rows[0][0] if rows else 0.0
     series: dict[str, dict[int, tuple[float, float]]] = {}

@@ -209,9 +209,7 @@ def train_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, sto
     except ImportError:
         raise ValueError("--backend ray needs Ray: pip install -e \".[ray]\" (or pip install ray)") from None
     started = not ray.is_initialized()
-    # a local instance's notice, on every sweep: "Token authentication is enabled for this Ray cluster. Set ..."
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        lambda record: "Token authentication is enabled for this" not in record.getMessage())
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_token_notice)
     if started:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -236,6 +234,12 @@ def train_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, sto
     finally:
         if started:
             ray.shutdown()
+
+
+def _no_token_notice(record: logging.LogRecord) -> bool:
+    """Drops a local Ray instance's notice on every sweep, "Token authentication is enabled for this Ray cluster"
+    (one function, so that ``addFilter`` adds it once however many sweeps a process runs)."""
+    return "Token authentication is enabled for this" not in record.getMessage()
 
 
 def _ray_train(job: dict) -> dict:

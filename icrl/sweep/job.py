@@ -10,7 +10,6 @@ its ranks from that command, never from the sweep's.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import hashlib
 import json
@@ -35,7 +34,7 @@ from lightning.pytorch.cli import _InstantiatorFn
 import icrl
 from icrl.callbacks import NonFiniteLossError
 from icrl.cli import IcrlCLI, cli_main, one_line
-from icrl.scalars import FILE, read_scalars
+from icrl.scalars import read_scalars
 
 RUNNER_ARGS = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 # Set by a distributed run for its ranks; inherited, they would make the next run join the old group.
@@ -164,19 +163,11 @@ def finished(job: dict) -> dict | None:
     if saved.get("key") != job["key"] or saved.get("exit_code") != 0:
         return None
     try:
-        return {**saved, **job, "scalars": scalars_of(job["dir"]), "reused": True}
+        return {**saved, **job, "scalars": read_scalars(job["dir"]), "reused": True}
     except ValueError as err:
         print(f"icrl sweep: {err}; the run is trained again from step 0", file=sys.stderr)
         shutil.rmtree(job["dir"])
         return None
-
-
-def scalars_of(job_dir: str | Path) -> dict:  # ``ValueError`` naming the files for a malformed row
-    try:
-        return read_scalars(job_dir)
-    except (ValueError, csv.Error) as err:
-        files = ", ".join(map(str, sorted(Path(job_dir).rglob(FILE))))
-        raise ValueError(f"{files} is damaged (a malformed row: {err})") from None
 
 
 def last_checkpoint(job_dir: Path) -> Path | None:
@@ -212,7 +203,7 @@ def train_job(job: dict) -> dict:
     part = job_dir / "result.json.part"  # renamed into place: a killed sweep never leaves half a result.json
     part.write_text(json.dumps(result))
     os.replace(part, job_dir / "result.json")
-    return {**result, "scalars": scalars_of(job_dir)}
+    return {**result, "scalars": read_scalars(job_dir)}
 
 
 def _fit_here(args: list[str], log) -> int:
