@@ -52,8 +52,8 @@ class NonFiniteGuard(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         self._check(trainer, pl_module)
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
-            raise NonFiniteLossError(
-                self._message(trainer, pl_module, "the weights are not finite", trainer.global_step))
+            raise NonFiniteLossError(self.message("the weights are not finite", trainer.global_step, pl_module,
+                                                  trainer.optimizers, trainer.default_root_dir))
 
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._pending:
@@ -70,15 +70,15 @@ class NonFiniteGuard(Callback):
             return
         what, step = (("a non-finite train/loss on another process", steps[-1]) if bad is None
                       else (f"train/loss = {values[bad]}", steps[bad]))
-        raise NonFiniteLossError(self._message(trainer, pl_module, what, step))
+        raise NonFiniteLossError(self.message(what, step, pl_module, trainer.optimizers, trainer.default_root_dir))
 
     @staticmethod
-    def _message(trainer: Trainer, pl_module: LightningModule, what: str, step: int) -> str:
-        lrs = sorted({g["lr"] for opt in trainer.optimizers for g in opt.param_groups})
+    def message(what: str, step: int, pl_module: LightningModule, optimizers: list, root: str) -> str:
+        lrs = sorted({g["lr"] for opt in optimizers for g in opt.param_groups})
         settings = {k: v for k, v in pl_module.hparams.items() if k != "task" and not k.startswith("_")}
         return (f"{what} at step {step}; stopped, no further checkpoint written. Likely cause: a learning rate too "
                 f"large for this model (optimizer lr={lrs}, model settings {settings}); lower the optimizer's lr. "
-                f"The last checkpoint under {trainer.default_root_dir} is the last good state.")
+                f"The last checkpoint under {root} is the last good state.")
 
 
 class HParamsSummary(Callback):
@@ -96,10 +96,12 @@ class HParamsSummary(Callback):
             trainer.logger.log_hyperparams(self.params)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or not isinstance(trainer.logger, TensorBoardLogger):
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        writer = trainer.logger.experiment._get_file_writer()
+        if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
+            self.write(trainer.logger, {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+
+    def write(self, logger: TensorBoardLogger, metrics: dict[str, float]) -> None:
+        """The session's start and end with the end ``metrics``, which HPARAMS shows beside the settings."""
+        writer = logger.experiment._get_file_writer()
         # the session's start and end only: the run's own experiment summary would fix the tab's columns to this
         # run's (TensorBoard shows the first it finds), hiding the other family's settings and metrics
         for summary in hparams_summary(self.params, metrics)[1:]:  # TensorBoard reads each metric's last value

@@ -29,8 +29,8 @@ import icrl.regression  # noqa: F401  (their classes are known to the parser by 
 from icrl.arguments import IcrlArgumentParser, one_line  # noqa: F401  (one_line: the sweep's)
 from icrl.callbacks import HParamsSummary, NonFiniteGuard, NonFiniteLossError, SaveStageConfig, StepProgressBar
 from icrl.checkpoints import (EXIT_CODES, LastCheckpoint, StopCleanly, check_resume, differences, flat,
-                              load_checkpoint, log_folder_of, training_signature)
-from icrl.scalars import ScalarFile, TensorBoard
+                              load_checkpoint, training_signature)
+from icrl.scalars import run_loggers
 
 DESCRIPTION = """Trains and evaluates icrl models. Models (--model): icrl.recall.RecallModule,
 icrl.regression.OneLayerRegression, icrl.regression.TransformerRegression; data (--data):
@@ -119,15 +119,9 @@ class IcrlCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
             extra.append(StepProgressBar(refresh_rate=REFRESH_RATE))
         if config.get("logger") in (None, True) and not config.get("fast_dev_run"):
-            # Lightning's default TensorBoardLogger writes a meaningless hp_metric; a run of a checkpoint logs
-            # into the checkpoint's own folder, so a resumed run's curves stay in one place.
-            if folder := log_folder_of(self.settings.get("ckpt_path")):  # version_N as N, so the bar's v_num reads N
-                version = int(folder.name[8:]) if re.fullmatch(r"version_\d+", folder.name) else folder.name
-                tensorboard = TensorBoard(folder.parent, "", version, default_hp_metric=False)
-            else:
-                root = Path(config.get("default_root_dir") or ".") / "lightning_logs"
-                tensorboard = TensorBoard(root, self.settings["name"], default_hp_metric=False)
-            config["logger"] = [tensorboard, ScalarFile(tensorboard.log_dir)]
+            # Lightning's default TensorBoardLogger writes a meaningless hp_metric
+            config["logger"] = run_loggers(config.get("default_root_dir"), self.settings["name"],
+                                           self.settings.get("ckpt_path"))
         rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
         no_tips = lambda r: not str(r.msg).startswith("💡 Tip")
         rank_zero.addFilter(no_tips)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
@@ -38,6 +39,29 @@ class IcrlModule(LightningModule):
         """Logs ``train/epoch``, the epochs trained, where the training set is finite (``steps_per_epoch``)."""
         if per_epoch := getattr(self.trainer.datamodule, "steps_per_epoch", None):
             self.log("train/epoch", (self.global_step + 1) / per_epoch)
+
+    def train_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The training loss of ``batch``, a scalar."""
+        raise NotImplementedError
+
+    def train_logs(self, batch: dict[str, Tensor], loss: Tensor) -> dict[str, Tensor]:
+        """Training scalars logged beside ``train/loss``, on logging steps."""
+        return {}
+
+    @classmethod
+    def stacked_losses(cls, members: list[IcrlModule], batches: list[dict[str, Tensor]]) -> Tensor:
+        """(K,) the training losses of ``members``, modules of this class and one architecture, on their ``batches``
+        (``icrl.ensemble``). This is the plain loop; a family may compute them in one stacked pass."""
+        return torch.stack([member.train_loss(batch) for member, batch in zip(members, batches)])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.train_loss(batch)
+        if self.is_logging_step():
+            self.log("train/loss", loss, prog_bar=True)
+            for name, value in self.train_logs(batch, loss).items():
+                self.log(name, value)
+            self.log_epoch()
+        return loss
 
     def metric_inputs(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, tuple[Tensor, ...]]:
         """The arguments of ``update`` of each metric of this dataloader, by name (extra names are ignored)."""

@@ -18,11 +18,14 @@ Lightning's ``epoch``, 0 on icrl's endless streams (modules log ``train/epoch`` 
 from __future__ import annotations
 
 import csv
+import re
 import time
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from icrl.checkpoints import log_folder_of
 
 FILE = "scalars.csv"
 HIDDEN = "epoch"  # Lightning's count of passes over the training loader
@@ -54,6 +57,17 @@ class ScalarFile(Logger):
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:  # TensorBoard keeps those
         pass
+
+
+def run_loggers(default_root_dir: str | Path | None, name: str, ckpt_path: str | None = None) -> list[Logger]:
+    """A run's loggers: TensorBoard in ``<default_root_dir>/lightning_logs/<name>/version_N`` and the scalar file
+    beside it; a run of a checkpoint logs into the checkpoint's folder, so a resumed run's curves stay in one place."""
+    if folder := log_folder_of(ckpt_path):  # version_N as N, so the bar's v_num reads N
+        version = int(folder.name[8:]) if re.fullmatch(r"version_\d+", folder.name) else folder.name
+        tensorboard = TensorBoard(folder.parent, "", version, default_hp_metric=False)
+    else:
+        tensorboard = TensorBoard(Path(default_root_dir or ".") / "lightning_logs", name, default_hp_metric=False)
+    return [tensorboard, ScalarFile(tensorboard.log_dir)]
 
 
 def read_scalars(root: str | Path) -> dict[str, list[list[float]]]:

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "icrl"
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = (
     ("science", ("icrl", "icrl.recall", "icrl.regression", "icrl.optim", "icrl.streams", "icrl.module")),
-    ("machinery", ("icrl.checkpoints", "icrl.callbacks", "icrl.scalars")),
+    ("machinery", ("icrl.checkpoints", "icrl.callbacks", "icrl.scalars", "icrl.ensemble")),
     ("cli", ("icrl.arguments", "icrl.cli")),
     ("sweep", ("icrl.sweep",)),
     ("reproduce", ("icrl.reproduce",)),

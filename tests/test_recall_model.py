@@ -15,6 +15,7 @@ from icrl.recall import (LinearAttention, Origin, RecallTask, RecallTransformer,
                          entropy, sample_recall)
 from icrl.recall.dense import dense_forward, dense_inputs
 from icrl.recall.inputs import ContextInputs
+from icrl.recall.model import stacked_logits
 from icrl.recall.metrics import ExpectedCrossEntropy
 from icrl.streams import generator
 
@@ -48,6 +49,29 @@ def test_both_fast_paths_equal_the_dense_formula(attention, param, ff, trainable
                         (nnf.cross_entropy(logits_only.logits, target), nnf.cross_entropy(ref.logits, target))]:
         for g_fast, g_dense in zip(torch.autograd.grad(fast, params), torch.autograd.grad(dense, params, retain_graph=True)):
             assert_close(g_fast, g_dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention,param,ff,trainable_U", [c[:4] for c in COMBOS if c[4] == 0])
+def test_stacked_logits_equal_each_models_own(attention, param, ff, trainable_U):
+    """An ensemble's one pass (``stacked_logits``) against each member's forward: members of one architecture with
+    their own weights and α (a noisy and a noiseless Reparam even hold parameters of different shapes)."""
+    torch.manual_seed(0)
+    alphas = (0.0, 0.0, 0.0) if param != "Origin" and ff == "none" else (0.0, 0.3, 0.6)
+    make = partial(Origin, init_std=0.1) if param == "Origin" else PARAMETERIZATIONS[param]
+    models = [RecallTransformer(RecallTask(vocab_size=11, n_triggers=2, n_outputs=3, context_length=9, alpha=a), 25,
+                                ATTENTIONS[attention](), make, ff, trainable_U=trainable_U) for a in alphas]
+    with torch.no_grad():
+        for p in (p for m in models for p in m.parameters()):
+            p.copy_(0.5 * torch.randn_like(p))
+    tokens = torch.stack([sample_recall(m.task, 6, generator(k))["tokens"] for k, m in enumerate(models)])  # (3, 6, 9)
+    stacked = stacked_logits(models, tokens)
+    own = torch.stack([m(t, parts=False).logits for m, t in zip(models, tokens)])
+    assert stacked.shape == (3, 6, 11)
+    assert_close(stacked, own, atol=1e-5, rtol=1e-5)  # float32 at weights ~0.5: sums in another order
+    probe, params = torch.randn_like(own), [p for m in models for p in m.parameters()]
+    for g_stacked, g_own in zip(torch.autograd.grad((stacked * probe).sum(), params),
+                                torch.autograd.grad((own * probe).sum(), params)):
+        assert_close(g_stacked, g_own, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("value_scale", [False, True])

@@ -7,8 +7,6 @@ from icrl.recall.module import RecallModule
 from icrl.recall.parameterization import Origin, Parameterization, ParameterizationCallable, Reparam, ReparamW
 from icrl.recall.task import RecallTask, entropy
 
-__all__ = [
-    "Attention", "LinearAttention", "ReLUAttention", "SoftmaxAttention", "RecallDataModule",
-    "sample_recall", "RecallOutput", "RecallTransformer", "RecallModule",
-    "Origin", "Parameterization", "ParameterizationCallable", "Reparam", "ReparamW", "RecallTask", "entropy",
-]
+__all__ = ["Attention", "LinearAttention", "ReLUAttention", "SoftmaxAttention", "RecallDataModule", "sample_recall",
+           "RecallOutput", "RecallTransformer", "RecallModule", "Origin", "Parameterization",
+           "ParameterizationCallable", "Reparam", "ReparamW", "RecallTask", "entropy"]

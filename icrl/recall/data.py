@@ -35,23 +35,20 @@ def uniform_ints(low: int, high: int, n: int, bits: np.random.BitGenerator) -> n
     """
     if not 0 <= low < high <= 1 << 16:
         raise ValueError(f"uniform_ints needs 0 <= low < high <= 2^16, got low={low}, high={high}")
-    k = high - low
+    k, reject = high - low, (1 << 16) % (high - low)  # the biased draws: low 16 bits < 2^16 mod k
 
     def draw(m: int) -> np.ndarray:  # (m,) uint32 low·2^16 + c·k, c 16 random bits: x >> 16 = low + ⌊c·k / 2^16⌋
         x = np.multiply(bits.random_raw(-(-m // 4)).view(np.uint16)[:m], k, dtype=np.uint32)
         x += low << 16
         return x
 
-    def biased(x: np.ndarray) -> np.ndarray:  # the draws to reject: low 16 bits < 2^16 mod k
-        return x.astype(np.uint16) < (1 << 16) % k
-
     x = draw(n)
     out = np.right_shift(x, 16, out=np.empty(n, np.int64), casting="unsafe")
-    redo = np.flatnonzero(biased(x))
+    redo = np.flatnonzero(x.astype(np.uint16) < reject)
     while len(redo):
         x = draw(len(redo))
         out[redo] = x >> 16
-        redo = redo[biased(x)]
+        redo = redo[x.astype(np.uint16) < reject]
     return out
 
 
@@ -68,8 +65,7 @@ def sample_recall(task: RecallTask, batch_size: int, gen: torch.Generator, ood: 
     B, T, N = batch_size, task.context_length, task.vocab_size
     rng = np.random.Generator(np.random.SFC64(int(torch.randint(2**62, (), generator=gen))))
     z = uniform_ints(task.n_triggers, N - 1, B * T, rng.bit_generator).reshape(B, T)  # filler, no trigger, no τ
-    lo, hi = task.ood_outputs if ood else task.outputs
-    y = rng.integers(lo, hi, B)
+    y = rng.integers(*(task.ood_outputs if ood else task.outputs), B)
     q = np.zeros(B, np.int64) if task.noisy else rng.integers(0, task.n_triggers, B)
     p = rng.integers(0, T - 2, B)  # bigram (q, y) at (p, p+1), p <= T-3
     rows = np.arange(B)
@@ -77,8 +73,7 @@ def sample_recall(task: RecallTask, batch_size: int, gen: torch.Generator, ood: 
     target = y.copy()
     if task.noisy:
         # p' uniform over {0..T-3} minus {p-1, p, p+1}: index u into [0, p-2] ∪ [p+2, T-3]
-        n_left = np.maximum(p - 1, 0)
-        n_right = np.maximum(T - 4 - p, 0)
+        n_left, n_right = np.maximum(p - 1, 0), np.maximum(T - 4 - p, 0)
         u = rng.integers(0, n_left + n_right)
         p2 = np.where(u < n_left, u, p + 2 + (u - n_left))
         z[rows, p2], z[rows, p2 + 1] = q, task.noise_token

@@ -114,8 +114,7 @@ class RecallImages(Callback):
         self._count += 1
         if (self._count - 1) % self.every_n:
             return
-        b, i, title = self._batch, self.prompt, f"step {trainer.global_step}: "
-        task = pl_module.task
+        b, i, task, title = self._batch, self.prompt, pl_module.task, f"step {trainer.global_step}: "
         figures = {"recall/attention": attention_figure(task, b["tokens"][i], b["attention"][i], title),
                    "recall/logits": logits_figure(task, b["logits_attn"], b["logits_ff"], b["output"], i, title)}
         for tag, fig in figures.items():

@@ -1,9 +1,8 @@
 """Recall metrics (docs/science.md §R.6): per-prompt functions and the torchmetrics ``MeanMetric`` of each.
 
-Each function maps logits ``(B, N)`` and a token index ``(B,)`` to one value a prompt ``(B,)``; its class
-averages that over a validation, in float32 states, which every device holds (Apple's MPS has no float64):
-one pairwise-summed total a batch, a relative error of about (number of batches) × 2⁻²⁴. NaNs are kept:
-a diverged model shows NaN metrics.
+Each function maps logits ``(B, N)`` and a token index ``(B,)`` to one value a prompt ``(B,)``; its class averages
+that over a validation, in float32 states, which every device holds (Apple's MPS has no float64): one pairwise-summed
+total a batch, a relative error of about (number of batches) × 2⁻²⁴. NaNs are kept: a diverged model shows NaN metrics.
 """
 
 from __future__ import annotations

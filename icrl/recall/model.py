@@ -89,3 +89,28 @@ class RecallTransformer(nn.Module):
     def unembed(self, M: Tensor) -> Tensor:
         """``U M`` (N, d); the fixed ``U = [E(0) … E(N-1)]ᵀ`` just keeps the first ``N`` rows."""
         return self.U @ M if isinstance(self.U, nn.Parameter) else M[: self.task.vocab_size]
+
+
+def stacked_logits(models: list[RecallTransformer], tokens: Tensor) -> Tensor:
+    """ξ of K models of one architecture, each on its own contexts ``tokens`` (K, B, T), in one pass: (K, B, N).
+
+    ``forward(parts=False)`` of each, with the member axis folded into the batch axis (``ContextInputs`` runs
+    unchanged) and the products batched over members. Needs an attention without parameters (shared by all).
+    """
+    first, (K, B, T) = models[0], tokens.shape
+    N = first.task.vocab_size
+    W = torch.stack([m.param.W() for m in models])  # (K, d, d)
+    d = W.shape[-1]
+    flat = tokens.reshape(K * B, T)
+    X = ContextInputs(flat, N, d)  # (KB, T, d) x_h, implicit
+    offset = torch.arange(K, device=tokens.device).repeat_interleave(B) * d  # (KB,) member k's rows in (K·d, ·)
+    last = (flat[:, -1] + offset, flat[:, -2] + N + offset)  # x_{T-1}'s ones, in member k's block
+    query = W.view(K * d, d).index_select(0, last[0]) + W.view(K * d, d).index_select(0, last[1])  # (KB, d)
+    a = X.rmatvec(first.attention(X.matvec(query))).view(K, B, d)  # Σ_h σ(s)_h x_h
+    UV_T = torch.stack([m.unembed(m.param.V()) for m in models]).transpose(1, 2)  # (K, d, N)
+    if first.kappa is None:
+        return torch.bmm(a, UV_T)
+    UF_T = torch.stack([m.unembed(m.param.F()) for m in models]).transpose(1, 2).reshape(K * d, N)  # (K·d, N)
+    ff_last = (UF_T.index_select(0, last[0]) + UF_T.index_select(0, last[1])).view(K, B, N)  # U F x_{T-1}
+    M = UV_T + first.kappa * UF_T.view(K, d, N) if first.kappa else UV_T  # (K, d, N) (UV + κ UF)ᵀ
+    return torch.baddbmm(ff_last, a, M)

@@ -15,7 +15,7 @@ from icrl.optim import NormalizedGD
 from icrl.recall.attention import Attention
 from icrl.recall.metrics import (BayesGap, ExpectedCrossEntropy, LogitMargin, MeanCrossEntropy, MeanLogit,
                                  MeanMaxLogit, MeanProbability)
-from icrl.recall.model import Feedforward, RecallOutput, RecallTransformer
+from icrl.recall.model import Feedforward, RecallOutput, RecallTransformer, stacked_logits
 from icrl.recall.parameterization import Origin, ParameterizationCallable
 from icrl.recall.task import RecallTask
 
@@ -38,13 +38,9 @@ class RecallModule(IcrlModule):
     """Trains a ``RecallTransformer`` (same arguments; ``task``: ``RecallDataModule.task``, linked by the CLI) by
     cross-entropy at the last position; ``optimizer`` defaults to the paper's ``NormalizedGD(lr=0.1)``.
 
-    Logs ``train/loss`` and, per validation (``test/`` per test; metrics §R.6, ``y`` the prompt's output, τ the
-    noise token), in distribution: ``val/loss`` (of the drawn targets), ``expected_loss`` (``−α log p_τ − (1−α) log
-    p_y``), ``bayes_gap`` (it minus ``H(α)``), ``margin_attn`` (``ξ_{A,y} − max_{k≠y} ξ_{A,k}``), ``logit_attn_y``
-    and ``max_logit_attn`` (means of ``ξ_{A,y}``, ``max_j ξ_{A,j}``) and, noisy task only, ``margin_ff``,
-    ``logit_ff_tau`` and ``max_logit_ff`` (of ``ξ_F`` and τ); on unseen outputs: ``ood_loss``,
-    ``ood_expected_loss``, ``ood_bayes_gap``, ``p_output_ood`` (mean probability of ``y``, → 1−α) and, noisy task
-    only, ``p_noise_ood`` (of τ, → α).
+    Logs ``train/loss`` and, per validation under ``val/`` (per test under ``test/``), the ``eval_metrics`` below:
+    in distribution, then on unseen outputs, the ``_ff`` and ``p_noise_ood`` ones on the noisy task only (§R.6;
+    each tag's meaning: the README's table of logged scalars).
     """
 
     def __init__(self, task: dict | None = None, d_model: int = 128, attention: Attention | None = None,
@@ -75,12 +71,17 @@ class RecallModule(IcrlModule):
     def forward(self, tokens: Tensor) -> RecallOutput:
         return self.model(tokens)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = nnf.cross_entropy(self.model(batch["tokens"], parts=False).logits, batch["target"])  # one product: ξ only
-        if self.is_logging_step():
-            self.log("train/loss", loss, prog_bar=True)
-            self.log_epoch()
-        return loss
+    def train_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return nnf.cross_entropy(self.model(batch["tokens"], parts=False).logits, batch["target"])  # one product: ξ
+
+    @classmethod
+    def stacked_losses(cls, members: list[RecallModule], batches: list[dict[str, Tensor]]) -> Tensor:
+        """(K,) the members' training losses in one pass (``stacked_logits``), unless their attention has parameters."""
+        if any(True for _ in members[0].model.attention.parameters()):
+            return super().stacked_losses(members, batches)
+        logits = stacked_logits([m.model for m in members], torch.stack([b["tokens"] for b in batches]))  # (K, B, N)
+        targets = torch.stack([b["target"] for b in batches])  # (K, B)
+        return nnf.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets).mean(1)
 
     def metric_inputs(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, tuple[Tensor, Tensor]]:
         out, y = self(batch["tokens"]), batch["output"]  # logits (B, N) each, y (B,)

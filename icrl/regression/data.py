@@ -1,10 +1,9 @@
 """Template-regression prompts (docs/science.md §T.1): a fixed token table and a stream of noisy templates.
 
-Drawn once from ``seed``: tokens ``v_k ~ N(0, I_d)`` and representations ``f(v_k) ~ N(0, σ_f² I_m)``,
-``k = 1 … K``, ``σ_f = repr_std`` (only ``τ/σ_f²`` matters, §T.3). Each prompt draws a template
-``λ ~ N(0, I_m)`` (unseen tasks: ``N(1, 4 I)``) and labels ``y_k = λᵀ (f(v_k) + ε_k)``, ``ε_k ~ N(0, τ I_m)``,
-for all ``K`` tokens; the first ``N`` labels are the prompt, and all ``K`` predictions are scored against
-targets ``t`` of the law ``targets`` (``sample_prompts``).
+Drawn once from ``seed``: tokens ``v_k ~ N(0, I_d)`` and representations ``f(v_k) ~ N(0, σ_f² I_m)``, ``k = 1 … K``,
+``σ_f = repr_std`` (only ``τ/σ_f²`` matters, §T.3). Each prompt draws a template ``λ ~ N(0, I_m)`` (unseen tasks:
+``N(1, 4 I)``) and labels ``y_k = λᵀ (f(v_k) + ε_k)``, ``ε_k ~ N(0, τ I_m)``, for all ``K`` tokens; the first ``N``
+labels are the prompt, and all ``K`` predictions are scored against targets ``t`` of the law ``targets``.
 
 A batch is a dict ``{"v": (K, d), "f": (K, m), "y": (B, K), "target": (B, K)}``: the shared tables
 travel once per batch, not once per prompt.

@@ -4,14 +4,9 @@ The model sees the ``N`` prompt labels ``y[:, :N]`` and predicts all ``K`` token
 ``(1/K) Σ_k (ŷ_k − t_k)²`` against the batch's targets ``t``, averaged over prompts (the paper's extra 1/2
 only rescales the step size); the references' losses use the same convention.
 
-Logged per validation set, ``val/`` (in-distribution prompts) and ``val/unseen_task_`` (``λ ~ N(1, 4I)``),
-all mean squared errors (``test/`` under ``icrl test``):
-
-- ``loss``: model vs targets, all ``K`` tokens; ``unseen_example_loss``: the ``K − N`` unlabelled ones;
-- ``ridge_loss``, ``best_loss``: the references vs targets, and ``unseen_example_ridge_loss``;
-- ``ridge_gap``, ``best_gap``: ``(1/K) ‖ŷ − ŷ_ridge‖²``, ``(1/K) ‖ŷ − ŷ_best‖²``; ``ridge_gap`` split into
-  ``labelled_ridge_gap`` (the ``N`` prompt tokens) and ``unseen_example_ridge_gap`` (the others);
-- ``ridge_best_gap``: ``(1/K) ‖ŷ_ridge − ŷ_best‖²``, the gap of Fig. 3 in closed form.
+The ``METRICS``, all mean squared errors, are logged per validation set under ``val/`` (in-distribution prompts)
+and ``val/unseen_task_`` (``λ ~ N(1, 4I)``), ``test/`` under ``icrl test``: each one's meaning in the README's
+table of logged scalars (``ridge_gap`` = ``(1/K) ‖ŷ − ŷ_ridge‖²``, split into labelled and unseen tokens).
 """
 
 from __future__ import annotations
@@ -64,14 +59,13 @@ class TemplateRegressionModule(IcrlModule):
     def forward(self, v: Tensor, y_prompt: Tensor) -> Tensor:
         return self.net(v, y_prompt)  # (B, K) predictions for all tokens from the prompt labels (B, N)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        y_prompt, target = batch["y"][:, : self.hparams.task["n_labelled"]], batch["target"]  # (B, N), (B, K)
-        loss = F.mse_loss(self(batch["v"], y_prompt), target)
-        if self.is_logging_step():
-            self.log("train/loss", loss, prog_bar=True)
-            self.log("train/excess_loss", loss.detach() - least_squares_loss(y_prompt, target))
-            self.log_epoch()
-        return loss
+    def train_loss(self, batch: dict) -> Tensor:
+        y_prompt = batch["y"][:, : self.hparams.task["n_labelled"]]  # (B, N)
+        return F.mse_loss(self(batch["v"], y_prompt), batch["target"])  # targets (B, K)
+
+    def train_logs(self, batch: dict, loss: Tensor) -> dict[str, Tensor]:
+        y_prompt = batch["y"][:, : self.hparams.task["n_labelled"]]
+        return {"train/excess_loss": loss.detach() - least_squares_loss(y_prompt, batch["target"])}
 
     def metric_inputs(self, batch: dict, dataloader_idx: int) -> dict[str, tuple[Tensor, Tensor]]:
         n, tau = self.hparams.task["n_labelled"], self.hparams.task["noise_var"]

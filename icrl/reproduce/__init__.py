@@ -26,7 +26,8 @@ from icrl.reproduce.plan import configs_dir, parse_fit_args, plan
 from icrl.reproduce.recall import RECALL_EXPERIMENTS
 from icrl.reproduce.regression import REGRESSION_EXPERIMENTS
 from icrl.sweep import (Stopped, add_execution_arguments, check_execution_arguments, exit_stopped, locked,
-                        plan_sweep, run_sweep, summary)
+                        plan_sweep, run_sweep)
+from icrl.sweep.tables import write_summary
 
 __all__ = ["main", "reproduce", "experiments"]
 
@@ -62,14 +63,15 @@ def reproduce(names: list[str], args: argparse.Namespace, command: str) -> tuple
     runs_dir = args.runs_dir or out / "runs"
     planned = plan_sweep(points, seeds, runs_dir, args.threads)
     with locked(out, runs_dir):
-        done = run_sweep(planned, args.backend, args.jobs, args.threads, args.reuse, args.address, args.progress)
+        done = run_sweep(planned, args.backend, args.jobs, args.threads, args.reuse, args.address, args.progress,
+                         args.ensemble)
         (out / "figures").mkdir(parents=True, exist_ok=True)
         sections = []
         for exp in exps:
             data = {p: {s: done[points_of[exp.name, label(p)], s] for s in seeds} for p in exp.points}
             pngs = plots.draw_experiment(exp, data, out / "figures")
             sections.append(results.section(exp, data, [p.relative_to(out) for p in pngs], args.quick, seeds))
-        summary.write(out, points, {p: {s: done[p, s] for s in seeds} for p in points})
+        write_summary(out, points, {p: {s: done[p, s] for s in seeds} for p in points})
         mode = ("quick (reduced sizes, see each experiment)" if args.quick else "full (the configs as they are)") \
             + ", with the command's overrides" * bool(args.fit_args or args.steps)
         unique = {r["key"]: r for r in done.values()}

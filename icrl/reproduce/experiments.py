@@ -4,7 +4,6 @@ sweep points, ``Figure``s of their logged scalars, end values to tabulate and ``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,8 +47,7 @@ def matches(p: Point, where: dict) -> bool:
 
 
 def reading_text(read) -> str:
-    """Which value of a curve a ``Check`` or ``Ref`` reads, after its metric in tables: ``""`` for the end value,
-    else e.g. ``" (max)"`` or ``" (log_slope over 1e-05 … 0.1)"``."""
+    """Which value of a curve a ``Check`` or ``Ref`` reads, after its metric in tables (``""``: the end value)."""
     if read.at == "log_slope":
         return f" (log_slope over {read.window[0]:g} … {read.window[1]:g})"
     return "" if read.at == "end" else f" ({read.at})"
@@ -92,9 +90,7 @@ class Check:
     window: tuple[float, float] = SLOPE_WINDOW
 
     def holds(self, value: float, reference: float | None = None) -> bool:
-        ref = self.reference if reference is None else reference
-        if math.isnan(value) or math.isnan(ref):
-            return False
+        ref = self.reference if reference is None else reference  # every comparison with NaN is False: never holds
         if self.kind == "near":
             return abs(value - ref) <= self.tol + self.rtol * abs(ref)
         return value > ref if self.kind == "above" else value < ref

@@ -1,6 +1,5 @@
-"""Figures of ``icrl-reproduce``: one PNG per ``Figure``, mean line and min–max band over seeds, one colour per
-line name across all panels. Matplotlib's object API without pyplot: no display needed, a notebook's backend is
-left alone.
+"""Figures of ``icrl-reproduce``: one PNG per ``Figure``, mean line and min–max band over seeds, one colour per line
+name across all panels. Matplotlib's object API without pyplot: no display needed, a notebook's backend is left alone.
 """
 
 from __future__ import annotations
@@ -51,8 +50,7 @@ def _theory(ax, panel: Panel, xs: list[float], logx: bool = False) -> None:
         return
     grid = np.geomspace(min(xs), max(xs), 200) if logx else np.linspace(min(xs), max(xs), 200)
     theory = np.array([panel.theory(x) for x in grid])
-    ax.plot(grid, np.maximum(theory, LOSS_FLOOR) if panel.log else theory, "k--", lw=1, label=panel.theory_label,
-            zorder=4)
+    ax.plot(grid, _floor(theory, panel.log)[0], "k--", lw=1, label=panel.theory_label, zorder=4)
 
 
 def _curves(ax, panel: Curves, data: dict[Point, Seeds], colors: dict[str, str]) -> bool:

@@ -42,8 +42,7 @@ def experiment(name: str, description: str, source: str, points, figures, checks
 
 def recall_point(model: str, alpha: float = 0.0, family: str = "fig1", eta: float | None = None,
                  extra: tuple[str, ...] = (), **params) -> Point:
-    """A recall point: ``model``'s config of ``family`` at ``alpha`` (and ``eta``), then the ``extra``
-    overrides; ``params`` add figure coordinates."""
+    """``model``'s config of ``family`` at ``alpha`` (and ``eta``), then ``extra``; ``params``: figure coordinates."""
     later = model in (VALUE_SCALED_SOFTMAX, FREE_SIGN_SOFTMAX)
     config = "recall/fig1-later/reparam-softmax-fa.yaml" if later else f"recall/{family}/{model.lower()}.yaml"
     overrides = ("--data.alpha", str(alpha))
@@ -64,7 +63,8 @@ def gap_panels(alpha: float, legend=("model",)) -> tuple[Curves, Curves]:
 
 
 def recall_fig1() -> Experiment:
-    rl0, rl5, w0, w5, o0, o5 = ({"model": m, "alpha": a} for m in LINEAR_TRIO for a in (0.0, 0.5))
+    rl0, rl5, w0, w5, o0, o5, s0, s5 = ({"model": m, "alpha": a} for m in (*LINEAR_TRIO, VALUE_SCALED_SOFTMAX)
+                                        for a in (0.0, 0.5))
     checks = (
         Check(rl0, "val/bayes_gap", 0.0, "Bayes risk 0", tol=EXACT_TOL),
         Check(rl0, "val/ood_bayes_gap", 0.0, "Bayes risk 0 on unseen outputs", tol=EXACT_TOL),
@@ -72,11 +72,9 @@ def recall_fig1() -> Experiment:
         Check(rl5, "val/ood_bayes_gap", 0.0, "ln 2 on unseen outputs", tol=EXACT_TOL),
         Check(rl5, "val/p_noise_ood", 0.5, "p(τ) on OOD → α", tol=0.02),
         Check(rl5, "val/p_output_ood", 0.5, "p(y) on OOD → 1 − α", tol=0.02),
-        *(Check({"model": VALUE_SCALED_SOFTMAX, "alpha": a}, metric, 0.0,
-                f"later version: softmax at the Bayes risk{' on unseen outputs' if 'ood' in metric else ''}", tol=0.01)
-          for a in (0.0, 0.5) for metric in ("val/bayes_gap", "val/ood_bayes_gap")),
-        Check({"model": VALUE_SCALED_SOFTMAX, "alpha": 0.5}, "val/p_noise_ood", 0.5, "later version: p(τ) on OOD → α",
-              tol=0.02),
+        *(Check(s, metric, 0.0, f"later version: softmax at the Bayes risk{on}", tol=0.01) for s in (s0, s5)
+          for metric, on in (("val/bayes_gap", ""), ("val/ood_bayes_gap", " on unseen outputs"))),
+        Check(s5, "val/p_noise_ood", 0.5, "later version: p(τ) on OOD → α", tol=0.02),
         Check({"model": "Reparam-Softmax-FA", "alpha": 0.0}, "val/loss", SOFTMAX_FLOOR,
               "fixed-U softmax floor ln(1 + 59/e)", tol=0.02),
         Check(w0, "val/loss", 0.0, "fits in distribution", tol=0.01),
@@ -85,8 +83,7 @@ def recall_fig1() -> Experiment:
               kind="above"),
         Check(o0, "val/loss", 0.01, "fits in distribution", kind="below"),
         Check(o0, "val/ood_loss", 1.0, "fails OOD (several nats)", kind="above"),
-        Check(o5, "val/ood_loss", 1.0 + LN2, "fails OOD", kind="above"),
-    )
+        Check(o5, "val/ood_loss", 1.0 + LN2, "fails OOD", kind="above"))
     probabilities = tuple(Curves(metric, title, "mean probability", {"alpha": a}, log=False, refs=(ref,))
                           for a, metric, title, ref in (
                               (0.0, "val/p_output_ood", "noiseless: p(true output) on OOD", (1.0, "1 − α = 1")),
@@ -127,14 +124,12 @@ def recall_alpha_sweep() -> Experiment:
                          kind="above")]
         checks += [Check({"model": m, "alpha": a}, metric, -1e-6, "exact gap ≥ 0 (Gibbs' inequality)", kind="above")
                    for m in models for metric in ("val/bayes_gap", "val/ood_bayes_gap")]
-    end_values = (
-        Sweep("val/expected_loss", "end expected loss against α", "loss (nats)", x="alpha", log=False,
-              theory=entropy, theory_label="Bayes risk H(α)"),
-        Sweep("val/ood_expected_loss", "end expected OOD loss against α", "OOD loss (nats)", x="alpha",
-              theory=entropy, theory_label="Bayes risk H(α)"),
-        Sweep("val/p_noise_ood", "p(τ) on OOD against α", "mean probability of τ", x="alpha", log=False,
-              theory=lambda a: a, theory_label="α"),
-    )
+    end_values = (Sweep("val/expected_loss", "end expected loss against α", "loss (nats)", x="alpha", log=False,
+                        theory=entropy, theory_label="Bayes risk H(α)"),
+                  Sweep("val/ood_expected_loss", "end expected OOD loss against α", "OOD loss (nats)", x="alpha",
+                        theory=entropy, theory_label="Bayes risk H(α)"),
+                  Sweep("val/p_noise_ood", "p(τ) on OOD against α", "mean probability of τ", x="alpha", log=False,
+                        theory=lambda a: a, theory_label="α"))
     return experiment(
         "recall-alpha-sweep", "Origin-Linear-FA, Reparam-Linear-W-FA, Reparam-Linear-FA at α ∈ {0.2, 0.5, 0.8}",
         ", Figures 3–5", (recall_point(m, a) for a in ALPHAS for m in models),
@@ -176,17 +171,15 @@ def recall_margins() -> Experiment:
 def recall_finite_fig() -> Experiment:
     relu_trio, population = ("Reparam-ReLU-FA", "Reparam-ReLU-W-FA", "Origin-ReLU-FA"), 8192  # 4 × the sample
     reparam, w, origin = ({"model": m} for m in relu_trio)
-    checks = (
-        Check(reparam, "val/loss", LN2, "population loss → Bayes risk from 2048 samples", tol=0.01),
-        Check(reparam, "val/ood_loss", LN2, "generalizes to unseen outputs", tol=0.01),
-        Check(reparam, "val/p_noise_ood", 0.5, "p(τ) on OOD → α (the sample's α̂)", tol=0.03),
-        Check(w, "val/loss", LN2 + 0.05, "population loss stays above the Bayes risk", kind="above"),
-        Check(w, "train/loss", Ref("val/loss"), "fits the sample instead: training loss below population loss",
-              kind="below"),
-        Check(origin, "train/loss", Ref("val/loss"), "fits the sample: training loss below population loss",
-              kind="below"),
-        Check(origin, "val/ood_loss", 1.0 + LN2, "fails OOD", kind="above"),
-    )
+    checks = (Check(reparam, "val/loss", LN2, "population loss → Bayes risk from 2048 samples", tol=0.01),
+              Check(reparam, "val/ood_loss", LN2, "generalizes to unseen outputs", tol=0.01),
+              Check(reparam, "val/p_noise_ood", 0.5, "p(τ) on OOD → α (the sample's α̂)", tol=0.03),
+              Check(w, "val/loss", LN2 + 0.05, "population loss stays above the Bayes risk", kind="above"),
+              Check(w, "train/loss", Ref("val/loss"), "fits the sample instead: training loss below population loss",
+                    kind="below"),
+              Check(origin, "train/loss", Ref("val/loss"), "fits the sample: training loss below population loss",
+                    kind="below"),
+              Check(origin, "val/ood_loss", 1.0 + LN2, "fails OOD", kind="above"))
     per_epoch = dict(refs=((LN2, f"H(0.5) = {LN2:.4f}"),), x="epoch", epoch_steps=EPOCH_STEPS)
     panels = tuple(Curves(metric, title, "cross-entropy (nats)", **per_epoch) for metric, title in (
         ("train/loss", "training loss (batches of the 2048-prompt sample)"),
@@ -211,16 +204,14 @@ def margin_panels(layer: str) -> tuple[Curves, ...]:
     metrics = {"attn": (("val/logit_attn_y", "ξ_A,y"), ("val/max_logit_attn", "max_j ξ_A,j")),
                "ff": (("val/logit_ff_tau", "ξ_F,τ"), ("val/max_logit_ff", "max_j ξ_F,j"))}[layer]
     return tuple(Curves(metrics, f"{m}, α = {a}", "mean logit", {"model": m, "alpha": a}, log=False, x="epoch",
-                        epoch_steps=EPOCH_STEPS)
-                 for m in LINEAR_TRIO for a in ALPHAS)
+                        epoch_steps=EPOCH_STEPS) for m in LINEAR_TRIO for a in ALPHAS)
 
 
 def recall_margins_fig() -> Experiment:
-    checks = [c for a in ALPHAS for c in (
-        Check({"model": "Reparam-Linear-FA", "alpha": a}, "val/logit_attn_y", Ref("val/max_logit_attn"),
-              "attention predicts the output: ξ_A,y = max_j ξ_A,j", tol=1e-3),
-        Check({"model": "Reparam-Linear-FA", "alpha": a}, "val/logit_ff_tau", Ref("val/max_logit_ff"),
-              "feed-forward predicts the noise: ξ_F,τ = max_j ξ_F,j", tol=1e-3))]
+    checks = [Check({"model": "Reparam-Linear-FA", "alpha": a}, metric, Ref(top), claim, tol=1e-3) for a in ALPHAS
+              for metric, top, claim in (
+                  ("val/logit_attn_y", "val/max_logit_attn", "attention predicts the output: ξ_A,y = max_j ξ_A,j"),
+                  ("val/logit_ff_tau", "val/max_logit_ff", "feed-forward predicts the noise: ξ_F,τ = max_j ξ_F,j"))]
     return experiment(
         "recall-margins-fig", "margin figures: ξ_A,y against max_j ξ_A,j and ξ_F,τ against max_j ξ_F,j, "
         "finite-sample linear trio at α ∈ {0.2, 0.5, 0.8}", " v1, logit-margin figures",
@@ -270,12 +261,12 @@ def recall_context_length() -> Experiment:
         quick_note="batch 128, 600 steps, 512 validation prompts (full: 512, 2000, 2048); the context lengths kept")
 
 
-def reparam_gap(alpha: float, eta: float, n_triggers: int = N_TRIGGERS, vocab: int = VOCAB):
+def reparam_gap(alpha: float, eta: float):
     """docs/science.md §R.6's closed-form gap of Reparam-Linear after t steps of normalized GD from 0: λ = ηt/√|Q|
     (noiseless, every entry alike) or Λ = ηt (noisy), ``L − H(α)``."""
     if alpha == 0:
-        return lambda t: math.log1p((vocab - 1) * math.exp(-eta * t / math.sqrt(n_triggers)))
-    return lambda t: math.log1p((1 - alpha) * (vocab - 2) * math.exp(-eta * t))
+        return lambda t: math.log1p((VOCAB - 1) * math.exp(-eta * t / math.sqrt(N_TRIGGERS)))
+    return lambda t: math.log1p((1 - alpha) * (VOCAB - 2) * math.exp(-eta * t))
 
 
 def recall_rate() -> Experiment:
@@ -307,11 +298,11 @@ def recall_finite_n() -> Experiment:
         Check({"model": origin, "n_samples": n}, "val/ood_bayes_gap", 1.0, "Origin fails OOD at every n",
               kind="above"))]
     for small, large in zip(ns, ns[1:]):
-        checks += [Check({"model": w, "n_samples": large}, "val/bayes_gap",
-                         Ref("val/bayes_gap", {"model": w, "n_samples": small}),
+        big = {"model": w, "n_samples": large}
+        checks += [Check(big, "val/bayes_gap", Ref("val/bayes_gap", {"model": w, "n_samples": small}),
                          f"Reparam-W: more samples, smaller population gap (n = {large} below n = {small})",
                          kind="below"),
-                   Check({"model": w, "n_samples": large}, "val/ood_bayes_gap", Ref("val/bayes_gap", scale=5.0),
+                   Check(big, "val/ood_bayes_gap", Ref("val/bayes_gap", scale=5.0),
                          "Reparam-W: limited OOD generalization, whatever n: OOD gap above 5 × its population gap",
                          kind="above")]
     panels = tuple(Sweep(metric, title, "loss − H(0.5)", x="n_samples", logx=True, theory=lambda n: 1 / (2 * n),
@@ -326,8 +317,7 @@ def recall_finite_n() -> Experiment:
         checks, columns=COLUMNS[2:6],
         note="Reparam-Linear-FA's only error is γ from the sample's α̂: its population gap is KL(α‖α̂), 1/(2n) in "
              "expectation (dashed). Reparam-Linear-W-FA's population gap shrinks with n, its OOD gap does not: "
-             "recall-fig1's limited generalization to unseen outputs is not a sample-size effect.",
-        **FINITE_QUICK)
+             "recall-fig1's limited generalization to unseen outputs is not a sample-size effect.", **FINITE_QUICK)
 
 
 RECALL_EXPERIMENTS = (recall_fig1, recall_eta, recall_alpha_sweep, recall_finite, recall_finite_fig, recall_margins,

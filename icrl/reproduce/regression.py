@@ -44,13 +44,11 @@ def fig2() -> Experiment:
               "unseen examples: gap to ridge within 5% of ridge's own error", kind="below"),
         Check(o, "val/ridge_gap", 0.018, "all tokens: below the 0.020–0.0245 copying leaves", kind="below"),
         Check({"model": wide}, "val/ridge_gap", 0.1 * 0.0245,
-              "without the floor's causes: below a tenth of the 0.0245 the shared targets left", kind="below"),
-    )
+              "without the floor's causes: below a tenth of the 0.0245 the shared targets left", kind="below"))
     return Experiment(
         "regression-fig2", "1-layer and 4-layer: training and inference loss, unseen examples and tasks",
-        PAPER + ", Figure 2",
-        (point(one, "regression/fig2-1layer.yaml"), point(four, "regression/fig2-4layer.yaml"),
-         point(wide, "regression/fig2-1layer.yaml", LONG_RUN)),
+        PAPER + ", Figure 2", (point(one, "regression/fig2-1layer.yaml"), point(four, "regression/fig2-4layer.yaml"),
+                               point(wide, "regression/fig2-1layer.yaml", LONG_RUN)),
         (Figure("regression-fig2", tuple(panels), "Figure 2: template regression, N = 30, K = 200, m = 20"),),
         (*COLUMNS, ("val/labelled_ridge_gap", "gap: labelled"), ("val/unseen_example_ridge_gap", "gap: unseen")),
         checks, quick={"*": schedule(600, 60, 20), "regression-fig2-4layer": (
@@ -105,19 +103,17 @@ def heads_sweep(model: str, config: str, flag: str, heads: tuple[int, ...], x: s
 def fig4() -> Experiment:
     unstable, lr = "1-layer, lr 3e-3", 3e-3  # the second figure's model: too many heads for this step size
     paper, fast = {"model": "1-layer"}, {"model": unstable}
-    checks = (
-        Check({**paper, "heads": 8}, "train/loss", Ref("train/loss", {**paper, "heads": 64}, scale=2.0),
-              "too few heads (H < N = 30) stall: H = 8 above 2 × the loss of H = 64", kind="above"),
-        Check({**paper, "heads": 16}, "train/loss", Ref("train/loss", {**paper, "heads": 64}),
-              "H = 16 < N above H = 64", kind="above"),
-        Check({**fast, "heads": 1024}, "train/loss", Ref("train/loss", at="first", scale=2.0),
-              "too many heads for the step size (H × lr ≈ 3): the loss jumps above 2 × its start", at="max",
-              kind="above"),
-        Check({**fast, "heads": 64}, "train/loss", Ref("train/loss", at="first"),
-              "H × lr ≈ 0.2: the loss never rises above its start", at="max", tol=1e-6),
-        Check({**fast, "heads": 1024}, "val/loss", Ref("val/loss", {**fast, "heads": 64}, scale=1.2),
-              "and converges more slowly: test loss above 1.2 × H = 64's", kind="above"),
-    )
+    checks = (Check({**paper, "heads": 8}, "train/loss", Ref("train/loss", {**paper, "heads": 64}, scale=2.0),
+                    "too few heads (H < N = 30) stall: H = 8 above 2 × the loss of H = 64", kind="above"),
+              Check({**paper, "heads": 16}, "train/loss", Ref("train/loss", {**paper, "heads": 64}),
+                    "H = 16 < N above H = 64", kind="above"),
+              Check({**fast, "heads": 1024}, "train/loss", Ref("train/loss", at="first", scale=2.0),
+                    "too many heads for the step size (H × lr ≈ 3): the loss jumps above 2 × its start", at="max",
+                    kind="above"),
+              Check({**fast, "heads": 64}, "train/loss", Ref("train/loss", at="first"),
+                    "H × lr ≈ 0.2: the loss never rises above its start", at="max", tol=1e-6),
+              Check({**fast, "heads": 1024}, "val/loss", Ref("val/loss", {**fast, "heads": 64}, scale=1.2),
+                    "and converges more slowly: test loss above 1.2 × H = 64's", kind="above"))
     points, panels = heads_sweep("1-layer", "regression/fig4-heads.yaml", "--model.init_args.heads",
                                  (8, 16, 32, 64, 128, 256), vlines=((30, "H = N = 30"),))
     points += tuple(point(unstable, "regression/fig4-heads.yaml",
@@ -130,8 +126,7 @@ def fig4() -> Experiment:
         (Figure("regression-fig4", panels, "Figure 4: one-layer model, number of heads H (N = 30)"),
          Figure("regression-fig4-instability", overshoot, "Figure 4: too many heads for the step size (H × lr ≈ 3) "
                 "overshoot")),
-        COLUMNS[:3] + COLUMNS[6:7], checks,
-        quick={"*": schedule(400, 40, 10), f"*lr={lr:g}*": schedule(60, 10, 1)},
+        COLUMNS[:3] + COLUMNS[6:7], checks, quick={"*": schedule(400, 40, 10), f"*lr={lr:g}*": schedule(60, 10, 1)},
         quick_note=f"400 steps (full: 5000); lr {lr:g}: 60 steps (full: 300)",
         note="Too many heads ('lead to instability') is a matter of H × step size: at the start every head attends "
              "alike, so Adam moves all H read-outs w together, each entry by about the step size, and the prediction "
@@ -158,19 +153,16 @@ def fig5() -> Experiment:
 
 def gd_rate() -> Experiment:
     run = {"model": "1-layer, plain GD"}
-    checks = (
-        Check(run, "train/excess_loss", Ref("train/excess_loss", at="log_slope", window=(1e-3, 1e-2), scale=0.5),
-              "linear rate: over 1e-4 … 1e-3, ln(excess) still falls at least half as fast as over 1e-3 … 1e-2",
-              kind="below", at="log_slope", window=(1e-4, 1e-3)),
-        Check(run, "train/excess_loss", Ref("train/excess_loss", at="first", scale=1e-4),
-              "to the global minimum: the excess falls below 1e-4 × its start", kind="below"),
-    )
+    checks = (Check(run, "train/excess_loss", Ref("train/excess_loss", at="log_slope", window=(1e-3, 1e-2), scale=0.5),
+                    "linear rate: over 1e-4 … 1e-3, ln(excess) still falls at least half as fast as over 1e-3 … 1e-2",
+                    kind="below", at="log_slope", window=(1e-4, 1e-3)),
+              Check(run, "train/excess_loss", Ref("train/excess_loss", at="first", scale=1e-4),
+                    "to the global minimum: the excess falls below 1e-4 × its start", kind="below"))
     panels = (Curves("train/excess_loss", "training loss − least-squares minimum (log axis)", "excess loss", run),
               Curves("train/loss", "training loss", "mean squared error", run, log=False))
     return Experiment(
         "regression-gd-rate", "1-layer model under plain full-batch gradient descent: linear convergence of the "
-        "training loss", PAPER + ", Theorem 1",
-        (point(run["model"], "regression/thm1-gd.yaml"),),
+        "training loss", PAPER + ", Theorem 1", (point(run["model"], "regression/thm1-gd.yaml"),),
         (Figure("regression-gd-rate", panels, "Theorem 1: full-batch GD (η_Q = 0.05, η_w = γ² η_Q), 512 prompts, "
                 "H = 64"),),
         (COLUMNS[0], ("train/excess_loss", "excess over the global minimum"), *COLUMNS[1:3]), checks,

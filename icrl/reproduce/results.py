@@ -78,8 +78,7 @@ def write(out: Path, sections: list[str], command: str, seeds: list[int], mode: 
     except (OSError, StopIteration):  # no /proc (macOS, Windows), or no model name in it
         cpu = platform.processor() or platform.machine()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    head = ["# icrl-reproduce results", "",
-            f"Command: `{command}`  ",
+    head = ["# icrl-reproduce results", "", f"Command: `{command}`  ",
             f"Mode: {mode}; seeds {', '.join(map(str, seeds))}; {timing}.  ",
             f"Machine: {platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {device}, "
             f"torch {torch.__version__}.  ",

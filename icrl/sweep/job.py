@@ -28,14 +28,18 @@ from types import SimpleNamespace
 import torch
 import yaml
 from jsonargparse import ArgumentError
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, seed_everything
 from lightning.pytorch.cli import _InstantiatorFn
 
 import icrl
 from icrl.callbacks import NonFiniteLossError
-from icrl.cli import IcrlCLI, cli_main, one_line
-from icrl.scalars import read_scalars
+from icrl.checkpoints import EXIT_CODES, flat, load_checkpoint, training_signature
+from icrl.cli import QUIET, IcrlCLI, cli_main, one_line
+from icrl.ensemble import Member, fit_ensemble
+from icrl.scalars import read_scalars, run_loggers
 
+# what members of one ensemble may differ in (icrl.ensemble): values that keep every shape
+MEMBER_SETTINGS = ("seed_everything", "data.seed", "data.alpha", "model.optimizer.lr")
 RUNNER_ARGS = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 # Set by a distributed run for its ranks; inherited, they would make the next run join the old group.
 DIST_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
@@ -98,19 +102,24 @@ def resolve(config: str, args: tuple[str, ...] | list[str], seed: int, build: bo
         parser.exit_on_error = True
     text = parser.dump(cfg, skip_unset=False)
     if build:  # the classes, links applied, without a Trainer: cheap at these sizes (docs/performance.md)
-        # Lightning's instantiators read the hyper-parameters off the CLI that last added them, by default the
-        # last run trained in this process: bind them to this config
-        dumped = SimpleNamespace(config_dump=yaml.safe_load(parser.dump(cfg, skip_link_targets=False, skip_none=False)),
-                                 _dump_config=lambda: None)
-        for key, base in (("model", LightningModule), ("data", LightningDataModule)):
-            parsers()[0].add_instantiator(_InstantiatorFn(dumped, key), base, subclasses=True)
         try:
-            parser.instantiate(cfg)
+            instantiate(parser, cfg)
         except ValueError as err:
             while isinstance(inner := err.__cause__ or err.__context__, ValueError):  # jsonargparse wraps the class's
                 err = inner
             raise ValueError(str(err).splitlines()[0]) from None
     return text
+
+
+def instantiate(parser, cfg):
+    """``cfg``'s model and data (links applied) as ``icrl fit`` builds them, without a Trainer."""
+    # Lightning's instantiators read the hyper-parameters off the CLI that last added them, by default the last run
+    # trained in this process: bind them to this config
+    dumped = SimpleNamespace(config_dump=yaml.safe_load(parser.dump(cfg, skip_link_targets=False, skip_none=False)),
+                             _dump_config=lambda: None)
+    for key, base in (("model", LightningModule), ("data", LightningDataModule)):
+        parsers()[0].add_instantiator(_InstantiatorFn(dumped, key), base, subclasses=True)
+    return parser.instantiate(cfg)
 
 
 def processes(trainer: dict) -> tuple[int, int]:
@@ -147,8 +156,12 @@ def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, versio
     n, gpus = processes(trainer)
     # a distributed strategy sets up process groups and environment variables: never in a warm worker
     alone = n > 1 or trainer.get("strategy", "auto") not in ("auto", "single_device")
+    shared = {k: v for k, v in flat(yaml.safe_load(text)).items() if k not in MEMBER_SETTINGS}
+    ensemble = None if alone or trainer.get("callbacks") else \
+        hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"key": key, "config": config, "args": list(args), "seed": seed,
-            "dir": str(folder / f"seed{seed}-{key[:8]}"), "processes": n, "gpus": gpus, "threads": threads, "subprocess": alone}
+            "dir": str(folder / f"seed{seed}-{key[:8]}"), "processes": n, "gpus": gpus, "threads": threads, "subprocess": alone,
+            "ensemble": ensemble}
 
 
 def finished(job: dict) -> dict | None:
@@ -177,17 +190,14 @@ def last_checkpoint(job_dir: Path) -> Path | None:
 
 
 def train_job(job: dict) -> dict:
-    """Train one job (resuming from its ``last.ckpt`` if any); return its result and save ``result.json``. Never
-    raises: a failed job has ``exit_code`` 2 (a bad setting) or 1 (a diverging loss, a crash) and ``error``."""
-    job_dir = Path(job["dir"])
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "result.json").unlink(missing_ok=True)
-    args = [*fit_args(job["config"], job["args"], job["seed"]), "--trainer.default_root_dir", str(job_dir)]
-    resume = last_checkpoint(job_dir)
-    if resume is not None:
-        args += ["--ckpt_path", str(resume)]
+    """Train one job (resuming from its ``last.ckpt`` if any), or an ensemble's members together (``ensemble_job``);
+    return its result and save ``result.json``. Never raises: a failed job has ``exit_code`` 2 (a bad setting) or 1
+    (a diverging loss, a crash) and ``error``."""
+    if "members" in job:
+        return train_ensemble(job)
+    args, resume = _prepare(job)
     start = time.perf_counter()
-    with open(job_dir / "log.txt", "a") as log:
+    with open(Path(job["dir"]) / "log.txt", "a") as log:
         log.write(shlex.join(["icrl", *args]) + "\n")
         log.flush()
         if job["subprocess"]:  # its own process tree: Lightning's launcher starts the other ranks from it
@@ -196,38 +206,154 @@ def train_job(job: dict) -> dict:
             code = subprocess.run([sys.executable, "-m", "icrl.cli", *args], stdout=log, stderr=subprocess.STDOUT,
                                   env=env).returncode
         else:
-            code = _fit_here(args, log)
-    result = {**job, "exit_code": code, "error": None if code == 0 else f"exit code {code}",
-              "log": str(job_dir / "log.txt"), "resumed_from": str(resume) if resume else None,
-              "wall_s": time.perf_counter() - start}
+            with quiet_into(log):
+                code = _fit_here(args)
+    return _save_result(job, code, None if code == 0 else f"exit code {code}", resume, time.perf_counter() - start)
+
+
+def _prepare(job: dict) -> tuple[list[str], Path | None]:
+    """A job's folder made, its old result removed; its ``icrl fit`` arguments and the checkpoint it resumes."""
+    job_dir = Path(job["dir"])
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "result.json").unlink(missing_ok=True)
+    args = [*fit_args(job["config"], job["args"], job["seed"]), "--trainer.default_root_dir", str(job_dir)]
+    resume = last_checkpoint(job_dir)
+    return args + ["--ckpt_path", str(resume)] * (resume is not None), resume
+
+
+def _save_result(job: dict, code: int, error: str | None, resume: Path | None, wall_s: float) -> dict:
+    job_dir = Path(job["dir"])
+    result = {**job, "exit_code": code, "error": error, "log": str(job_dir / "log.txt"),
+              "resumed_from": str(resume) if resume else None, "wall_s": wall_s}
     part = job_dir / "result.json.part"  # renamed into place: a killed sweep never leaves half a result.json
     part.write_text(json.dumps(result))
     os.replace(part, job_dir / "result.json")
     return {**result, "scalars": read_scalars(job_dir)}
 
 
-def _fit_here(args: list[str], log) -> int:
-    """``icrl fit`` in this process, its output into ``log``; the exit code ``icrl`` would give."""
+def ensembles(todo: list[dict], size: int) -> list[dict]:
+    """``todo`` as jobs of ensembles of at most ``size`` members, of jobs alike but in ``MEMBER_SETTINGS`` and at one
+    step (fresh, or resuming checkpoints of one step); a job that has no such partner trains alone."""
+    groups: dict = {}
+    for job in todo:
+        resume = last_checkpoint(Path(job["dir"]))
+        step = load_checkpoint(resume)["global_step"] if resume and job["ensemble"] else 0
+        groups.setdefault((job["ensemble"] or job["key"], step), []).append(job)
+    units = []
+    for jobs in groups.values():
+        n = -(-len(jobs) // size)  # ensembles of at most ``size``, as even as can be
+        for chunk in (jobs[i::n] for i in range(n)):
+            units.append(ensemble_job(chunk) if len(chunk) > 1 else chunk[0])
+    return units
+
+
+def members_of(result: dict) -> list[dict]:
+    """The results of a job's runs: itself, or an ensemble's members (all failed alike if the group did)."""
+    if "members" not in result:
+        return [result]
+    return [m if "exit_code" in m else {**m, "scalars": {}, "wall_s": result["wall_s"], "exit_code": result["exit_code"],
+                                        "error": result["error"], "log": f"{m['dir']}/log.txt"}
+            for m in result["members"]]
+
+
+def ensemble_job(members: list[dict]) -> dict:
+    """One job training ``members`` (jobs of one architecture, ``ensemble_key``) as an ensemble (``icrl.ensemble``)."""
+    first = members[0]
+    return {"members": members, "key": "+".join(m["key"] for m in members), "dir": first["dir"], "seed": first["seed"],
+            "processes": 1, "gpus": first["gpus"], "threads": first["threads"], "subprocess": False}
+
+
+def train_ensemble(group: dict) -> dict:
+    """``train_job`` of an ensemble: each member's result as its single run's (``members``), and the group's."""
+    start, built = time.perf_counter(), []
+    with contextlib.ExitStack() as stack:
+        for job in group["members"]:
+            args, resume = _prepare(job)
+            log = stack.enter_context(open(Path(job["dir"]) / "log.txt", "a"))
+            log.write(shlex.join(["icrl", *args]) + f"\n(trained in an ensemble of {len(group['members'])})\n")
+            built.append((args, resume, log))
+        with quiet_into(Tee([log for *_, log in built])), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=QUIET)
+            root = Path(group["dir"]).parent / f".ensemble-{group['key'][:8]}"  # the Trainer's own folder
+            try:
+                members = [_member(args, resume) for args, resume, _ in built]
+                signum = fit_ensemble(members, root)
+                codes = [1 if m.error else EXIT_CODES.get(signum, 0) for m in members]
+            except Exception:  # noqa: BLE001 - a crashed group fails its members, the sweep goes on
+                traceback.print_exc()
+                members, codes = [], [1] * len(built)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+        for i, (_, _, log) in enumerate(built):
+            if members and members[i].error:  # as its single run's
+                print(f"icrl: error: {members[i].error}", file=log)
+    results = [_save_result(job, code, members[i].error if members and members[i].error else None if code == 0 else
+                            f"exit code {code}", resume, time.perf_counter() - start)
+               for i, (job, code, (_, resume, _)) in enumerate(zip(group["members"], codes, built))]
+    worst = next((r for r in results if r["exit_code"] != 0), results[0])
+    return {**group, **{k: worst[k] for k in ("exit_code", "error", "log")}, "members": results,
+            "wall_s": time.perf_counter() - start}
+
+
+def _member(args: list[str], resume: Path | None) -> Member:
+    """An ensemble member built as ``icrl fit`` builds its run: seeded, then the data and model, then its loggers."""
+    parser = parsers()[2]["fit"]
+    cfg = parser.parse_args(args[1:])
+    settings = cfg.as_dict()
+    seed_everything(settings["seed_everything"], workers=True, verbose=False)
+    init = instantiate(parser, cfg)
+    loggers = run_loggers(settings["trainer"]["default_root_dir"], settings["name"], settings.get("ckpt_path"))
+    log_dir = Path(loggers[0].log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    parser.save(cfg, str(log_dir / "config.yaml"), skip_none=False, overwrite=True, multifile=False)
+    return Member(init.model, init.data, loggers, settings, training_signature(settings), resume)
+
+
+class Tee:
+    """A text stream writing to several."""
+
+    def __init__(self, streams: list):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def quiet_into(log):
+    """A fit's output into ``log``, without Lightning's info lines and the sweep's command-line warning; the torch
+    threads and log levels as they were after it."""
     levels = {q: q.level for q in map(logging.getLogger, ("lightning.pytorch", "lightning.fabric"))}
     threads = torch.get_num_threads()
-    code = 0
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
         # the sweep's own command line is no argument of this run: LightningCLI's warning about it is noise
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         for q in levels:
             q.setLevel(logging.WARNING)
         try:
-            cli_main(args, cli_class=WarmCLI)
-        except SystemExit as exit_:  # the CLI's config errors: exit 2
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        except NonFiniteLossError as err:
-            print(f"icrl: error: {err}")
-            code = 1
-        except Exception:  # noqa: BLE001 - a crashed run is reported, the sweep goes on
-            traceback.print_exc()
-            code = 1
+            yield
         finally:
             for q, level in levels.items():
                 q.setLevel(level)
             torch.set_num_threads(threads)
-    return code
+
+
+def _fit_here(args: list[str]) -> int:
+    """``icrl fit`` in this process; the exit code ``icrl`` would give."""
+    try:
+        cli_main(args, cli_class=WarmCLI)
+    except SystemExit as exit_:  # the CLI's config errors: exit 2
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except NonFiniteLossError as err:
+        print(f"icrl: error: {err}")
+        return 1
+    except Exception:  # noqa: BLE001 - a crashed run is reported, the sweep goes on
+        traceback.print_exc()
+        return 1
+    return 0
