@@ -9,7 +9,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from icrl.checkpoints import flat
 
@@ -101,6 +100,9 @@ class HParamsSummary(Callback):
 
     def write(self, logger: TensorBoardLogger, metrics: dict[str, float]) -> None:
         """The session's start and end with the end ``metrics``, which HPARAMS shows beside the settings."""
+        # imported where used, as Lightning's logger does: --print_config, --help and a bad setting skip TensorBoard
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
         writer = logger.experiment._get_file_writer()
         # the session's start and end only: the run's own experiment summary would fix the tab's columns to this
         # run's (TensorBoard shows the first it finds), hiding the other family's settings and metrics

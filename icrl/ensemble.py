@@ -117,20 +117,23 @@ class EnsembleModule(LightningModule):
         optimizers, schedulers = zip(*map(optimizer_and_schedulers, self.members))
         return EnsembleOptimizer(list(optimizers), list(schedulers), self.alive)
 
-    def training_step(self, batches: list[dict[str, Tensor]], batch_idx: int) -> Tensor:
+    def training_step(self, batches: list[dict[str, Tensor]], batch_idx: int) -> Tensor | None:
         alive = list(self.alive)
         members = [self.members[k] for k in alive]
         losses = type(members[0]).stacked_losses(members, [batches[k] for k in alive])  # (K,)
-        finite = torch.isfinite(losses).tolist()  # one read a step, as NonFiniteGuard's on a CPU
-        for k, ok, loss in zip(alive, finite, losses.tolist()):
+        logging = IcrlModule.is_logging_step(self)
+        # read where NonFiniteGuard reads a single run's: every step on a CPU, at the logging steps on an accelerator
+        # (a read syncs it); an unread non-finite member spoils only its own weights, which are never checkpointed
+        finite = torch.isfinite(losses).tolist() if logging or losses.device.type == "cpu" else [True] * len(alive)
+        for k, ok, loss in zip(alive, finite, losses):
             if not ok:  # as its single run, it stops here; its last checkpoint is its last good state
-                self.runs[k].error = self.runs[k].failure(f"train/loss = {loss}", self.global_step + 1,
+                self.runs[k].error = self.runs[k].failure(f"train/loss = {loss.item()}", self.global_step + 1,
                                                           self.trainer.optimizers[0].optimizers[k])
                 self.alive.remove(k)
         if not self.alive:
             self.trainer.should_stop = True
             return None  # no step
-        if IcrlModule.is_logging_step(self):
+        if logging:
             for k, member, loss, ok in zip(alive, members, losses, finite):
                 if ok:
                     logs = {"train/loss": loss, **member.train_logs(batches[k], loss)}
@@ -138,7 +141,7 @@ class EnsembleModule(LightningModule):
                         logs["train/epoch"] = (self.global_step + 1) / per_epoch
                     for name, value in logs.items():
                         self.log(PREFIX.format(k) + name, value)
-        return losses[torch.tensor(finite)].sum()
+        return torch.where(torch.tensor(finite, device=losses.device), losses, 0.0).sum()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         k, j = self.trainer.datamodule.loaders[dataloader_idx]
@@ -168,6 +171,11 @@ class EnsembleData(LightningDataModule):
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # on a CPU the streams' batches are already there; Lightning's walk over K members' batches is not free
         return batch if device.type == "cpu" else super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, list):  # a training step's: each member draws its own on the device if it does
+            return [data.on_after_batch_transfer(b, dataloader_idx) for data, b in zip(self.members, batch)]
+        return batch
 
     def train_dataloader(self) -> CombinedLoader:
         return CombinedLoader([data.train_dataloader() for data in self.members], mode="min_size")

@@ -18,8 +18,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
-def generator(*key: int) -> torch.Generator:
-    """A CPU generator seeded from an integer key (64 bits of a ``numpy.random.SeedSequence``).
+def generator(*key: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded from an integer key (64 bits of a ``numpy.random.SeedSequence``).
 
     The entropy is the key's length, then each entry (``0 <= k < 2^64``) as two 32-bit words: the plain
     key would give ``(7, 1)`` the stream of ``(7, 1, 0, 0)`` (``SeedSequence`` pads with zeros).
@@ -34,7 +34,7 @@ def generator(*key: int) -> torch.Generator:
         raise ValueError(f"stream keys must be integers in [0, 2^64), got {key}")
     words = [int(k) >> shift & 0xFFFFFFFF for k in key for shift in (0, 32)]
     state = np.random.SeedSequence([len(key), *words]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return torch.Generator(device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def rank_and_world(trainer) -> tuple[int, int]:

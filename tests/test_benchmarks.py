@@ -12,7 +12,9 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import ensemble  # noqa: E402
 import recall_step  # noqa: E402
+import startup  # noqa: E402
 import regression_step  # noqa: E402
 
 
@@ -100,3 +102,21 @@ def test_sweep_overhead_times_every_way_of_running_a_run(capsys):
     report = json.loads(capsys.readouterr().out)
     assert set(report["per_run_s"]) == {"plan", "local, in process", "local, 1 workers", "subprocess icrl fit"}
     assert all(seconds > 0 for seconds in report["per_run_s"].values()) and "fig1_s" not in report
+
+
+def test_ensemble_reports_member_steps_per_second_against_k(capsys):
+    ensemble.main(["--ks", "1", "3", "--batch", "8", "--context", "16", "--rounds", "1", "--steps", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    rows = report["ensembles"]
+    assert set(rows) == {"1", "3"} and report["threads"] == 1 and report["machine"]["device"] == "cpu"
+    assert rows["1"]["speedup_vs_1"] == 1.0 and all(r["member_steps_per_s"] > 0 and r["step_ms"] > 0 for r in rows.values())
+    assert rows["3"]["member_steps_per_s"] == 3e3 / rows["3"]["step_ms"]
+
+
+@pytest.mark.slow
+def test_startup_splits_a_fit_into_its_phases():
+    report = startup.main(["--repeats", "1", "--cases", "import", "fit", "--json"])
+    fit = report["results"]["fit"]
+    assert {"interpreter", "imports", "parser", "instantiate", "step", "exit"} <= set(fit["phases"])
+    assert fit["total_ms"] == pytest.approx(sum(fit["phases"].values()))
+    assert fit["import_ms"]["torch"] > 0 and "icrl" in report["results"]["import"]["import_ms"]

@@ -3,6 +3,12 @@ a member's checkpoint resumes and tests as a single run's; a non-finite member f
 
 import csv
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +145,32 @@ def test_jobs_are_grouped_by_architecture_and_step(tmp_path):
     failed = {**units[1], "exit_code": 1, "error": "worker died", "wall_s": 2.0}
     assert [(r["key"], r["exit_code"], r["log"]) for r in members_of(failed)] == [
         ("a2", 1, f"{tmp_path / 'a2'}/log.txt"), ("a4", 1, f"{tmp_path / 'a4'}/log.txt")]
+
+
+@pytest.mark.parametrize("ensemble", ["1", "4"], ids=["runs one by one", "one ensemble"])
+def test_a_sweep_training_in_its_own_process_stops_and_resumes(ensemble, tmp_path):
+    """``--jobs 1`` trains in the sweep's own process, where the fit's handler takes the signal: the sweep stops
+    too (no run starts after it), and ``--reuse`` resumes to the uninterrupted sweep's summary."""
+    config, settings, grid = SWEEPS["recall-origin"]
+    sweep = sweep_file(tmp_path, config, {**settings, "trainer.max_steps": 600, "trainer.val_check_interval": 200,
+                                          "checkpoint_every_n_steps": 25}, grid)
+    main([str(sweep), "--out", str(tmp_path / "whole"), "--no-progress"])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "icrl", "sweep", str(sweep), "--out", str(out), "--no-progress", "--ensemble", ensemble]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/*/*/lightning_logs/**/last.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    kept = re.search(r"icrl sweep: stopped by SIGTERM: (\d) of 4 runs finished, (\d) stopped with a checkpoint; "
+                     r"continue with: .* --reuse$", err.strip().splitlines()[-1])
+    assert kept and int(kept[1]) < 4 and int(kept[1]) + int(kept[2]) <= 4 and not (out / "summary.csv").exists(), err
+    if ensemble == "4":  # stopped together, each with its checkpoint
+        assert kept.groups() == ("0", "4"), err
+    main([str(sweep), "--out", str(out), "--no-progress", "--ensemble", ensemble, "--reuse"])
+    assert (out / "summary.csv").read_bytes() == (tmp_path / "whole" / "summary.csv").read_bytes()
+    assert all(len(list(d.glob("lightning_logs/**/version_*"))) == 1 for d in out.glob("runs/*/*"))

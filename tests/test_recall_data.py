@@ -5,9 +5,13 @@ import math
 import pytest
 import torch
 
+from conftest import ROOT
 from icrl.recall import RecallDataModule, RecallTask, entropy, sample_recall
-from icrl.recall.data import RecallStream
+from icrl.recall.data import DEVICE, RecallStream, sample_recall_torch
 from icrl.streams import generator
+
+# the NumPy sampler (the CPU's stream) and torch's (a GPU's, drawn on the device): one law
+SAMPLERS = pytest.mark.parametrize("sample", [sample_recall, sample_recall_torch], ids=["numpy", "torch"])
 
 
 def bigram_positions(tokens, trigger):
@@ -15,9 +19,10 @@ def bigram_positions(tokens, trigger):
     return [(row[:-1] == q).nonzero().flatten().tolist() for row, q in zip(tokens, trigger)]
 
 
-def test_noiseless_samples_have_one_bigram_and_the_trigger_last():
+@SAMPLERS
+def test_noiseless_samples_have_one_bigram_and_the_trigger_last(sample):
     task = RecallTask(vocab_size=30, n_triggers=3, n_outputs=4, context_length=16)
-    b = sample_recall(task, 2000, generator(0))
+    b = sample(task, 2000, generator(0))
     z, y = b["tokens"], b["output"]
     q = z[:, -1]
     assert ((q >= 0) & (q < 3)).all()
@@ -31,19 +36,21 @@ def test_noiseless_samples_have_one_bigram_and_the_trigger_last():
     assert (z[:, :-1] >= 3).sum() == z[:, :-1].numel() - 2000  # triggers only at the bigram
 
 
-def test_bigram_position_is_uniform():
+@SAMPLERS
+def test_bigram_position_is_uniform(sample):
     task = RecallTask(vocab_size=30, n_triggers=3, n_outputs=4, context_length=8)
-    z = sample_recall(task, 12000, generator(1))["tokens"]
+    z = sample(task, 12000, generator(1))["tokens"]
     p = torch.tensor([pos[0] for pos in bigram_positions(z, z[:, -1])])
     freq = torch.bincount(p, minlength=6).float() / len(p)
     assert freq.shape == (6,)  # p ∈ {0, …, T-3}
     assert (freq - 1 / 6).abs().max() < 4 * math.sqrt((1 / 6) * (5 / 6) / 12000)
 
 
+@SAMPLERS
 @pytest.mark.parametrize("alpha", [0.2, 0.5, 0.8])
-def test_noisy_samples_have_two_disjoint_bigrams_and_tau_targets_near_alpha(alpha):
+def test_noisy_samples_have_two_disjoint_bigrams_and_tau_targets_near_alpha(alpha, sample):
     task = RecallTask(alpha=alpha, context_length=12)
-    b = sample_recall(task, 20000, generator(2))
+    b = sample(task, 20000, generator(2))
     z, y, target = b["tokens"], b["output"], b["target"]
     assert (z[:, -1] == 0).all()
     pos = bigram_positions(z, torch.zeros(len(z), dtype=torch.long))
@@ -56,9 +63,10 @@ def test_noisy_samples_have_two_disjoint_bigrams_and_tau_targets_near_alpha(alph
     assert abs(freq - alpha) < 4 * math.sqrt(alpha * (1 - alpha) / 20000)
 
 
-def test_noise_bigram_position_is_uniform_over_non_overlapping_positions():
+@SAMPLERS
+def test_noise_bigram_position_is_uniform_over_non_overlapping_positions(sample):
     task = RecallTask(alpha=0.5, context_length=8)  # p, p' ∈ {0..5}, |p - p'| >= 2
-    z = sample_recall(task, 30000, generator(3))["tokens"]
+    z = sample(task, 30000, generator(3))["tokens"]
     tau_at = (z == task.noise_token).float().argmax(1) - 1  # p' (τ at p'+1)
     pos = bigram_positions(z, torch.zeros(len(z), dtype=torch.long))
     p = torch.tensor([a if a != b_ else c for (a, c), b_ in zip(pos, tau_at.tolist())])
@@ -71,9 +79,10 @@ def test_noise_bigram_position_is_uniform_over_non_overlapping_positions():
             assert abs(freq[v].item() - expected) < 0.05
 
 
-def test_ood_outputs_lie_outside_the_training_outputs():
+@SAMPLERS
+def test_ood_outputs_lie_outside_the_training_outputs(sample):
     task = RecallTask()
-    b = sample_recall(task, 5000, generator(4), ood=True)
+    b = sample(task, 5000, generator(4), ood=True)
     assert ((b["output"] >= 9) & (b["output"] <= 58)).all()
     assert len(b["output"].unique()) == 50
 
@@ -136,7 +145,27 @@ def test_a_batch_beyond_half_the_memory_is_refused_with_the_example_size_of_a_dr
     assert dm.example_bytes * 4 == sum(t.nbytes for t in batch.values())  # the estimate is the sampler's batch
     memory = 2 * 4 * dm.example_bytes - 1  # bytes, just under two batches: one batch is more than half
     monkeypatch.setattr("os.sysconf", lambda name: {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": memory}[name])
-    with pytest.raises(ValueError, match=r"^data\.batch_size=4: one training batch takes 0\.0 GiB \(144 bytes an example\), "
+    with pytest.raises(ValueError, match=r"^data\.batch_size=4: one training batch takes 0\.0 GiB \(48 bytes an example\), "
                                          r"more than half of this machine's 0\.0 GiB of memory; lower data\.batch_size$"):
         RecallDataModule(context_length=16, alpha=0.5, batch_size=4)
     RecallDataModule(context_length=16, alpha=0.5, batch_size=3)
+
+
+def test_device_sampling_draws_each_batch_where_it_trains_from_a_stream_of_its_own(run_cli):
+    dm = RecallDataModule(context_length=16, batch_size=4, device_sampling=True)
+    assert next(iter(dm.train_dataloader())) == {"index": 0}  # the stream carries indices only
+    drawn = dm.on_after_batch_transfer({"index": 2}, 0)  # after Lightning moved it: drawn on the training device
+    expected = sample_recall_torch(dm.recall_task, 4, generator(0, DEVICE, 0, 2))
+    assert all(torch.equal(drawn[k], expected[k]) for k in expected) and drawn["tokens"].dtype == torch.int64
+    assert not torch.equal(drawn["tokens"], dm.on_after_batch_transfer({"index": 3}, 0)["tokens"])
+    dm.batches_consumed = 5  # a resumed run continues its stream
+    assert next(iter(dm.train_dataloader())) == {"index": 5}
+    assert dm.on_after_batch_transfer({"tokens": drawn["tokens"]}, 1)["tokens"] is drawn["tokens"]  # validation
+    assert RecallDataModule().on_device is False  # default: on a GPU only
+    with pytest.raises(ValueError, match="device_sampling draws fresh prompts: it needs n_samples=None"):
+        RecallDataModule(n_samples=2048, device_sampling=True)
+    cli = run_cli("fit", "--config", str(ROOT / "configs/recall/fig1/reparam-linear-fa.yaml"), "--data.context_length",
+                  "16", "--data.batch_size", "8", "--data.n_val", "64", "--data.device_sampling", "true",
+                  "--trainer.max_steps", "4", "--trainer.val_check_interval", "2")
+    assert cli.trainer.global_step == 4 and cli.datamodule.on_device
+    assert 0 < cli.trainer.callback_metrics["train/loss"] < 5

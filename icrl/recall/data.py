@@ -2,7 +2,7 @@
 
 A batch is a dict of tensors::
 
-    tokens  (B, T) int64   the context z_0 … z_{T-1}; z_{T-1} is the trigger q
+    tokens  (B, T) int16   the context z_0 … z_{T-1}; z_{T-1} is the trigger q (int64 when drawn on the device)
     target  (B,)   int64   y, or τ with probability α on the noisy task
     output  (B,)   int64   the output y of the (q, y) bigram (the target when no noise is drawn)
 """
@@ -19,11 +19,11 @@ from torch import Tensor
 from icrl.recall.task import RecallTask
 from icrl.streams import BatchStream, StreamDataModule, StreamLoader, generator, rank_and_world
 
-TRAIN, VAL, OOD, FIXED, SHUFFLE, TEST, TEST_OOD = range(7)  # stream ids: no two streams share a generator seed
+TRAIN, VAL, OOD, FIXED, SHUFFLE, TEST, TEST_OOD, DEVICE = range(8)  # stream ids: no two share a generator seed
 
 
 def uniform_ints(low: int, high: int, n: int, bits: np.random.BitGenerator) -> np.ndarray:
-    """``n`` int64 drawn independently and exactly uniformly from ``{low, …, high-1}``, ``0 ≤ low < high ≤ 2^16``.
+    """``n`` int16 drawn independently and exactly uniformly from ``{low, …, high-1}``, ``0 ≤ low < high ≤ 2^15``.
 
     The filler is most of a batch's random numbers (docs/performance.md §1), so each integer takes 16
     random bits ``c`` of ``bits``, mapped by Lemire's multiply-shift ``⌊c·k / 2^16⌋``, ``k = high - low``:
@@ -31,10 +31,10 @@ def uniform_ints(low: int, high: int, n: int, bits: np.random.BitGenerator) -> n
 
     >>> x = uniform_ints(5, 59, 100_000, np.random.SFC64(0))
     >>> x.dtype, int(x.min()), int(x.max()), len(np.unique(x))
-    (dtype('int64'), 5, 58, 54)
+    (dtype('int16'), 5, 58, 54)
     """
-    if not 0 <= low < high <= 1 << 16:
-        raise ValueError(f"uniform_ints needs 0 <= low < high <= 2^16, got low={low}, high={high}")
+    if not 0 <= low < high <= 1 << 15:
+        raise ValueError(f"uniform_ints needs 0 <= low < high <= 2^15, got low={low}, high={high}")
     k, reject = high - low, (1 << 16) % (high - low)  # the biased draws: low 16 bits < 2^16 mod k
 
     def draw(m: int) -> np.ndarray:  # (m,) uint32 low·2^16 + c·k, c 16 random bits: x >> 16 = low + ⌊c·k / 2^16⌋
@@ -43,7 +43,7 @@ def uniform_ints(low: int, high: int, n: int, bits: np.random.BitGenerator) -> n
         return x
 
     x = draw(n)
-    out = np.right_shift(x, 16, out=np.empty(n, np.int64), casting="unsafe")
+    out = np.right_shift(x, 16, out=np.empty(n, np.int16), casting="unsafe")
     redo = np.flatnonzero(x.astype(np.uint16) < reject)
     while len(redo):
         x = draw(len(redo))
@@ -60,7 +60,7 @@ def sample_recall(task: RecallTask, batch_size: int, gen: torch.Generator, ood: 
     >>> task = RecallTask(vocab_size=12, n_triggers=2, n_outputs=3, context_length=8, alpha=0.5)
     >>> b = sample_recall(task, 4, torch.Generator().manual_seed(0))
     >>> b["tokens"].shape, b["tokens"].dtype, bool((b["tokens"][:, -1] == 0).all())
-    (torch.Size([4, 8]), torch.int64, True)
+    (torch.Size([4, 8]), torch.int16, True)
     """
     B, T, N = batch_size, task.context_length, task.vocab_size
     rng = np.random.Generator(np.random.SFC64(int(torch.randint(2**62, (), generator=gen))))
@@ -82,17 +82,51 @@ def sample_recall(task: RecallTask, batch_size: int, gen: torch.Generator, ood: 
     return {"tokens": torch.from_numpy(z), "target": torch.from_numpy(target), "output": torch.from_numpy(y)}
 
 
+def sample_recall_torch(task: RecallTask, batch_size: int, gen: torch.Generator, ood: bool = False) -> dict[str, Tensor]:
+    """``sample_recall``'s prompts drawn by torch on ``gen``'s device, so a GPU's batches are born there (int64
+    tokens: no copy to save). The same law, not the same numbers: a stream of its own.
+
+    >>> task = RecallTask(vocab_size=12, n_triggers=2, n_outputs=3, context_length=8, alpha=0.5)
+    >>> b = sample_recall_torch(task, 4, torch.Generator().manual_seed(0))
+    >>> b["tokens"].shape, b["tokens"].dtype, bool((b["tokens"][:, -1] == 0).all())
+    (torch.Size([4, 8]), torch.int64, True)
+    """
+    B, T, device = batch_size, task.context_length, gen.device
+
+    def draw(low: int, high, *shape: int) -> Tensor:  # uniform on {low, …, high-1}
+        return torch.randint(low, high, shape, generator=gen, device=device)
+
+    z = draw(task.n_triggers, task.vocab_size - 1, B, T)  # filler, no trigger, no τ
+    y = draw(*(task.ood_outputs if ood else task.outputs), B)
+    q = torch.zeros(B, dtype=torch.long, device=device) if task.noisy else draw(0, task.n_triggers, B)
+    p = draw(0, T - 2, B)  # bigram (q, y) at (p, p+1), p <= T-3
+    rows = torch.arange(B, device=device)
+    z[rows, p], z[rows, p + 1] = q, y
+    target = y
+    if task.noisy:  # as sample_recall: u indexes [0, p-2] ∪ [p+2, T-3]
+        n_left, n_right = (p - 1).clamp_min(0), (T - 4 - p).clamp_min(0)
+        u = draw(0, 1 << 62, B) % (n_left + n_right)  # uniform up to a bias below 2^-50
+        p2 = torch.where(u < n_left, u, p + 2 + (u - n_left))
+        z[rows, p2], z[rows, p2 + 1] = q, task.noise_token
+        target = torch.where(torch.rand(B, generator=gen, device=device) < task.alpha, task.noise_token, y)
+    z[:, -1] = q
+    return {"tokens": z, "target": target, "output": y}
+
+
 class RecallStream(BatchStream):
     """Batch ``i`` of rank ``r`` comes from generator (seed, r, i); with ``fixed``, it is drawn without
-    replacement from that finite sample, reshuffled each epoch of ``len(fixed) // batch_size`` batches."""
+    replacement from that finite sample, reshuffled each epoch of ``len(fixed) // batch_size`` batches; with
+    ``on_device``, it is only its index, drawn on the training device (``RecallDataModule.on_after_batch_transfer``)."""
 
     def __init__(self, task: RecallTask, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0, fixed: dict[str, Tensor] | None = None):
+                 start: int = 0, fixed: dict[str, Tensor] | None = None, on_device: bool = False):
         super().__init__(start)
         self.task, self.batch_size, self.seed = task, batch_size, seed
-        self.rank, self.world_size, self.fixed = rank, world_size, fixed
+        self.rank, self.world_size, self.fixed, self.on_device = rank, world_size, fixed, on_device
 
     def batch(self, i: int) -> dict[str, Tensor]:
+        if self.on_device:
+            return {"index": i}
         if self.fixed is None:
             return sample_recall(self.task, self.batch_size, generator(self.seed, TRAIN, self.rank, i))
         n_batches = len(self.fixed["target"]) // self.batch_size
@@ -108,16 +142,22 @@ class RecallDataModule(StreamDataModule):
     ``n_samples``: ``None`` for population training (a fresh batch every step), or the size of one
     fixed sample drawn from ``seed`` to cycle over (finite-sample training, §R.2). ``batch_size`` is per
     device; ``num_workers`` 0 is usually fastest (sampling is cheap). Validation (and test) sets:
-    ``[in-distribution, OOD]`` of ``n_val`` prompts each, from ``val_seed``.
+    ``[in-distribution, OOD]`` of ``n_val`` prompts each, from ``val_seed``. ``device_sampling``: draw the training
+    prompts on the training device (``sample_recall_torch``, stream (seed, rank, batch) of its own); ``None``: when it
+    is a GPU and training is on the population. Validation sets are drawn on the CPU, the same on every device.
     """
 
     def __init__(self, vocab_size: int = 60, n_triggers: int = 5, n_outputs: int = 4, context_length: int = 256,
                  alpha: float = 0.0, batch_size: int = 512, n_samples: int | None = None, seed: int = 0,
-                 n_val: int = 2048, val_seed: int = 12345, val_batch_size: int = 1024, num_workers: int = 0):
-        # an example: tokens (T,), target and output, int64
-        super().__init__(batch_size, n_val, val_batch_size, seed, val_seed, num_workers, 8 * (context_length + 2))
+                 n_val: int = 2048, val_seed: int = 12345, val_batch_size: int = 1024, num_workers: int = 0,
+                 device_sampling: bool | None = None):
+        # an example: tokens (T,) int16, target and output int64
+        super().__init__(batch_size, n_val, val_batch_size, seed, val_seed, num_workers, 2 * context_length + 16)
         if n_samples is not None and n_samples < batch_size:
             raise ValueError(f"n_samples must be None (population) or >= batch_size={batch_size}, got n_samples={n_samples}")
+        if n_samples is not None and device_sampling:
+            raise ValueError(f"device_sampling draws fresh prompts: it needs n_samples=None, got n_samples={n_samples}")
+        self.device_sampling = device_sampling
         self.recall_task = RecallTask(vocab_size, n_triggers, n_outputs, context_length, alpha)
         self.n_samples = self.train_size = n_samples
 
@@ -141,9 +181,23 @@ class RecallDataModule(StreamDataModule):
                     f"α̂ = {alpha_hat} gives an infinite γ: use a larger n_samples or an alpha further from 0")
         return {**asdict(task), "alpha_hat": alpha_hat}
 
+    @property
+    def on_device(self) -> bool:
+        """Whether training prompts are drawn on the training device (``device_sampling``)."""
+        if self.device_sampling is not None or self.n_samples is not None:
+            return bool(self.device_sampling)
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def train_dataloader(self) -> StreamLoader:
-        return self.stream_loader(RecallStream(self.recall_task, self.batch_size, self.seed,
-                                               *rank_and_world(self.trainer), self.batches_consumed, self.fixed_sample))
+        return self.stream_loader(RecallStream(self.recall_task, self.batch_size, self.seed, *rank_and_world(self.trainer),
+                                               self.batches_consumed, self.fixed_sample, self.on_device))
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict[str, Tensor]:
+        if "index" not in batch:
+            return batch
+        device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+        gen = generator(self.seed, DEVICE, rank_and_world(self.trainer)[0], batch["index"], device=device)
+        return sample_recall_torch(self.recall_task, self.batch_size, gen)
 
     def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
         streams = (VAL, OOD) if stage == "val" else (TEST, TEST_OOD)

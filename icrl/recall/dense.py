@@ -13,7 +13,7 @@ from icrl.recall.model import RecallOutput, RecallTransformer
 
 def dense_inputs(tokens: Tensor, N: int, d: int) -> Tensor:
     """The inputs ``X`` (B, T, d) of contexts ``tokens`` (B, T) over ``N`` tokens, built."""
-    E = torch.eye(d, device=tokens.device)  # E(k) = e_k, Ẽ(k) = e_{N+k}
+    E, tokens = torch.eye(d, device=tokens.device), tokens.long()  # E(k) = e_k, Ẽ(k) = e_{N+k}
     X = E[tokens].clone()  # (B, T, d) x_h = E(z_h) …
     X[:, 1:] += E[N + tokens[:, :-1]]  # … + Ẽ(z_{h-1}), h ≥ 1
     return X

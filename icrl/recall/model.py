@@ -66,7 +66,7 @@ class RecallTransformer(nn.Module):
 
     def forward(self, tokens: Tensor, parts: bool = True) -> RecallOutput:
         """Logits of the token after each context ``tokens`` (B, T); ``parts=False`` skips ξ_A and ξ_F."""
-        N = self.task.vocab_size
+        N, tokens = self.task.vocab_size, tokens.long()  # int16 as sampled on a CPU; indices are int64
         W = self.param.W()  # (d, d)
         X = ContextInputs(tokens, N, W.shape[0])  # (B, T, d) x_h, implicit
         last = (tokens[:, -1], tokens[:, -2] + N)  # x_{T-1} = E(z_{T-1}) + Ẽ(z_{T-2}): ones at these indices
@@ -101,7 +101,7 @@ def stacked_logits(models: list[RecallTransformer], tokens: Tensor) -> Tensor:
     N = first.task.vocab_size
     W = torch.stack([m.param.W() for m in models])  # (K, d, d)
     d = W.shape[-1]
-    flat = tokens.reshape(K * B, T)
+    flat = tokens.reshape(K * B, T).long()
     X = ContextInputs(flat, N, d)  # (KB, T, d) x_h, implicit
     offset = torch.arange(K, device=tokens.device).repeat_interleave(B) * d  # (KB,) member k's rows in (K·d, ·)
     last = (flat[:, -1] + offset, flat[:, -2] + N + offset)  # x_{T-1}'s ones, in member k's block

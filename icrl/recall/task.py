@@ -26,6 +26,9 @@ def entropy(alpha: float) -> float:
     return sum(-p * math.log(p) for p in (alpha, 1.0 - alpha) if p > 0)
 
 
+TOKEN_LIMIT = 2**15  # tokens travel as int16: a quarter of int64's memory and host-to-device copy
+
+
 @dataclass(frozen=True)
 class RecallTask:
     """Sizes and noise level of one recall task; ``asdict`` of it is what data links into models.
@@ -49,6 +52,8 @@ class RecallTask:
             raise ValueError(
                 f"triggers and outputs do not fit the vocabulary: n_triggers + n_outputs = {nt + no} must be "
                 f"<= vocab_size - 2 = {n - 2} (one token is the noise τ, and at least one unseen OOD output is needed)")
+        if n > TOKEN_LIMIT:
+            raise ValueError(f"vocab_size must be <= {TOKEN_LIMIT} (tokens travel as int16), got vocab_size={n}")
         if not 0.0 <= a < 1.0:
             raise ValueError(f"alpha must lie in [0, 1) (0 = noiseless task), got alpha={a}")
         min_t = 6 if self.noisy else 3  # noiseless: a bigram at p <= T-3 and the final trigger; noisy: two bigrams

@@ -60,7 +60,7 @@ def run_sweep(planned: dict[tuple[Point, int], dict], backend: str = "local", jo
         for job in todo:
             shutil.rmtree(job["dir"], ignore_errors=True)
     units = ensembles(todo, ensemble) if ensemble > 1 else todo
-    show = Progress(len(units), jobs, progress)
+    show = Progress(len(todo), jobs, progress)
     if results:
         show.note(f"icrl sweep: {len(results)} of {len(by_key)} runs reused (finished earlier with this config)")
     try:

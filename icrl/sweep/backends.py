@@ -8,6 +8,8 @@ run taking as many as it starts processes (at most all), so a 2-process DDP run 
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import logging
 import multiprocessing
 import os
@@ -20,7 +22,7 @@ from multiprocessing.connection import wait
 import torch
 
 from icrl.checkpoints import EXIT_CODES
-from icrl.sweep.job import train_job
+from icrl.sweep.job import members_of, train_job
 
 BACKENDS = ("local", "ray")
 
@@ -67,15 +69,16 @@ class Progress:
 
     def update(self, running: int, result: dict | None = None, stopping: bool = False) -> None:
         """``running`` runs in flight; ``result``: a run that ended (while ``stopping``: a failure is a stop)."""
-        if result is not None:
-            self.walls.append(result["wall_s"])
-            if result["exit_code"] == 0:
+        for run in members_of(result) if result is not None else []:  # an ensemble's runs, one by one
+            self.walls.append(result["wall_s"] / len(members_of(result)))
+            if run["exit_code"] == 0:
                 self.done += 1
             elif stopping:
                 self.stopped += 1
             else:
                 self.failed += 1
-                self.note(f"  FAILED {result['dir']}: exit code {result['exit_code']}, see {result['log']}")
+                why = f" ({run['error']})" if run["exit_code"] < 0 else ""  # its worker died: the log cannot say
+                self.note(f"  FAILED {run['dir']}: exit code {run['exit_code']}{why}, see {run['log']}")
         line = f"icrl sweep: {self.done}/{self.total} done, {running} running, {self.failed} failed"
         line += f", {self.stopped} stopped" * bool(self.stopped)
         if self.walls:
@@ -165,6 +168,7 @@ def train_local(todo: list[dict], jobs: int, threads: int, progress: Progress, s
 def _serve(conn, threads: int) -> None:
     """A worker: trains the jobs it receives until the sweep closes the pipe; dies with the sweep."""
     os.setpgrp()
+    gc.freeze()  # what its imports made lives as long as it does: no collection walks it again (icrl/__main__.py)
     torch.set_num_threads(threads)
     for s in EXIT_CODES:  # the sweep knows the signal: it forwarded it
         signal.signal(s, lambda signum, frame: None)
@@ -193,12 +197,15 @@ def _train(job: dict, stop: Stop) -> dict:
     previous = {s: signal.signal(s, abort) for s in EXIT_CODES} if threading.current_thread() is \
         threading.main_thread() else {}
     try:
-        return train_job(job)
+        result = train_job(job)
     except KeyboardInterrupt:
         return _failed(job, EXIT_CODES.get(stop.signum, 130), "stopped before its first step: nothing kept")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    # a fit in this process took the signal with its own handler (StopCleanly): the sweep stops too
+    stop.signum = stop.signum or next((s for s, code in EXIT_CODES.items() if code == result["exit_code"]), None)
+    return result
 
 
 def train_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, stop: Stop,
@@ -218,7 +225,7 @@ def train_ray(todo: list[dict], jobs: int, threads: int, progress: Progress, sto
         stop.install()
     try:
         cpus = ray.cluster_resources().get("CPU", 1)
-        task = ray.remote(_ray_train)
+        task = ray.remote(max_retries=0)(_ray_train)  # a run whose worker died fails alone, as on local
 
         def submit(job: dict):  # a run never asks for more CPUs than the cluster has: it would wait forever
             return task.options(num_cpus=min(job["processes"] * threads, cpus), num_gpus=job["gpus"]).remote(job)
@@ -244,7 +251,15 @@ def _no_token_notice(record: logging.LogRecord) -> bool:
 
 def _ray_train(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
+    _exit_with_raylet()
     return _train(job, Stop())  # ray.cancel: a SIGINT for the task's fit (a Ray task runs in the main thread)
+
+
+@functools.cache  # once per Ray worker, which trains one task after another
+def _exit_with_raylet() -> None:
+    """A Ray worker (its own process group) dies within a second of its raylet, with a run's subprocesses: a
+    killed sweep takes its local Ray instance along (Ray's workers would take seconds, without the subprocesses)."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 def _failed(job: dict, code: int, error: str) -> dict:  # a worker died, or a run stopped before its first step

@@ -218,6 +218,8 @@ def _prepare(job: dict) -> tuple[list[str], Path | None]:
     (job_dir / "result.json").unlink(missing_ok=True)
     args = [*fit_args(job["config"], job["args"], job["seed"]), "--trainer.default_root_dir", str(job_dir)]
     resume = last_checkpoint(job_dir)
+    if resume is None:  # an attempt killed before its first checkpoint: start again in version_0, not beside it
+        shutil.rmtree(job_dir / "lightning_logs", ignore_errors=True)
     return args + ["--ckpt_path", str(resume)] * (resume is not None), resume
 
 
