@@ -259,7 +259,7 @@ def members_of(result: dict) -> list[dict]:
 
 
 def ensemble_job(members: list[dict]) -> dict:
-    """One job training ``members`` (jobs of one architecture, ``ensemble_key``) as an ensemble (``icrl.ensemble``)."""
+    """One job training ``members`` (jobs alike, ``ensembles``) as an ensemble (``icrl.ensemble``)."""
     first = members[0]
     return {"members": members, "key": "+".join(m["key"] for m in members), "dir": first["dir"], "seed": first["seed"],
             "processes": 1, "gpus": first["gpus"], "threads": first["threads"], "subprocess": False}
