@@ -13,6 +13,8 @@ others train on; SIGINT / SIGTERM stop every member at a step boundary with a ch
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -289,9 +291,20 @@ def ensemble_checkpoint(members: Sequence[Member]) -> dict:
             EnsembleData.__qualname__: {"members": [c[type(m.data).__qualname__] for c, m in zip(saved, members)]}}
 
 
+def _keep_freed_memory() -> None:
+    """On glibc, freed blocks up to 32 MB stay in the process's heap. A stacked step's temporaries are K times a
+    run's, and glibc otherwise returns them to the system and faults them in again every step: about 10% of an
+    ensemble's CPU time (docs/performance.md §7). The setting is the process's: a sweep's worker, or a fit's."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD, its largest value
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+
+
 def fit_ensemble(members: Sequence[Member], root: Path) -> int | None:
     """Train ``members`` together under their (alike) Trainer settings, the ensemble's own files in ``root``;
     return the signal that stopped them, if one did. Each member's ``error`` says why it left, if it did."""
+    _keep_freed_memory()
     trainer_settings = members[0].settings["trainer"]
     module, data, stop = EnsembleModule(members), EnsembleData(members), StopCleanly()
     callbacks = [stop]
