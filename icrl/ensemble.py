@@ -111,35 +111,35 @@ class EnsembleModule(LightningModule):
 
     def __init__(self, members: Sequence[Member]):
         super().__init__()
-        self.runs = list(members)
-        self.members = torch.nn.ModuleList(m.model for m in members)
+        self.members = list(members)
+        self.models = torch.nn.ModuleList(m.model for m in members)
         self.alive = list(range(len(members)))
 
     def configure_optimizers(self) -> EnsembleOptimizer:
-        optimizers, schedulers = zip(*map(optimizer_and_schedulers, self.members))
+        optimizers, schedulers = zip(*map(optimizer_and_schedulers, self.models))
         return EnsembleOptimizer(list(optimizers), list(schedulers), self.alive)
 
     def training_step(self, batches: list[dict[str, Tensor]], batch_idx: int) -> Tensor | None:
         alive = list(self.alive)
-        members = [self.members[k] for k in alive]
-        losses = type(members[0]).stacked_losses(members, [batches[k] for k in alive])  # (K,)
+        models = [self.models[k] for k in alive]
+        losses = type(models[0]).stacked_losses(models, [batches[k] for k in alive])  # (K,)
         logging = IcrlModule.is_logging_step(self)
         # read where NonFiniteGuard reads a single run's: every step on a CPU, at the logging steps on an accelerator
         # (a read syncs it); an unread non-finite member spoils only its own weights, which are never checkpointed
         finite = torch.isfinite(losses).tolist() if logging or losses.device.type == "cpu" else [True] * len(alive)
         for k, ok, loss in zip(alive, finite, losses):
             if not ok:  # as its single run, it stops here; its last checkpoint is its last good state
-                self.runs[k].error = self.runs[k].failure(f"train/loss = {loss.item()}", self.global_step + 1,
+                self.members[k].error = self.members[k].failure(f"train/loss = {loss.item()}", self.global_step + 1,
                                                           self.trainer.optimizers[0].optimizers[k])
                 self.alive.remove(k)
         if not self.alive:
             self.trainer.should_stop = True
             return None  # no step
         if logging:
-            for k, member, loss, ok in zip(alive, members, losses, finite):
+            for k, model, loss, ok in zip(alive, models, losses, finite):
                 if ok:
-                    logs = {"train/loss": loss, **member.train_logs(batches[k], loss)}
-                    if per_epoch := getattr(self.runs[k].data, "steps_per_epoch", None):
+                    logs = {"train/loss": loss, **model.train_logs(batches[k], loss)}
+                    if per_epoch := getattr(self.members[k].data, "steps_per_epoch", None):
                         logs["train/epoch"] = (self.global_step + 1) / per_epoch
                     for name, value in logs.items():
                         self.log(PREFIX.format(k) + name, value)
@@ -149,7 +149,7 @@ class EnsembleModule(LightningModule):
         k, j = self.trainer.datamodule.loaders[dataloader_idx]
         if k not in self.alive:
             return
-        metrics, inputs = self.members[k].eval_metrics[j], self.members[k].metric_inputs(batch, j)
+        metrics, inputs = self.models[k].eval_metrics[j], self.models[k].metric_inputs(batch, j)
         for name, metric in metrics.items():
             metric.update(*inputs[name])
         if batch_idx == 0:
@@ -245,7 +245,7 @@ class MemberCheckpoints(LastCheckpoint):
         shared = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         optimizer = trainer.optimizers[0]
         for k in list(self.module.alive):
-            member, model = self.members[k], self.module.members[k]
+            member, model = self.members[k], self.module.models[k]
             if not all(torch.isfinite(p).all() for p in model.parameters()):  # never checkpoint non-finite weights
                 member.error = member.failure("the weights are not finite", trainer.global_step, optimizer.optimizers[k])
                 self.module.alive.remove(k)
@@ -283,7 +283,7 @@ def ensemble_checkpoint(members: Sequence[Member]) -> dict:
         raise ValueError(f"the members' checkpoints are at different steps {sorted(steps)}: resume them one by one")
     first = saved[0]
     return {**{key: first[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops", "callbacks")},
-            "state_dict": {f"members.{k}.{name}": value for k, c in enumerate(saved)
+            "state_dict": {f"models.{k}.{name}": value for k, c in enumerate(saved)
                            for name, value in c["state_dict"].items()},
             "optimizer_states": [{"optimizers": [c["optimizer_states"][0] for c in saved],
                                   "schedulers": [c["lr_schedulers"] for c in saved]}],
