@@ -123,7 +123,11 @@ class SaveStageConfig(SaveConfigCallback):
 
 class StepProgressBar(TQDMProgressBar):
     """Counts optimizer steps up to ``max_steps``, a resumed run's from its step, with the time left (Lightning's
-    shows one epoch, ``n/?``, of the endless stream); named by the epoch where the data has ``steps_per_epoch``."""
+    shows one epoch, ``n/?``, of the endless stream); named by the epoch where the data has ``steps_per_epoch``.
+    Redrawn every ``refresh_rate`` steps: every step, it slows a CPU recall step (docs/performance.md)."""
+
+    def __init__(self, refresh_rate: int = 10):
+        super().__init__(refresh_rate=refresh_rate)
 
     def on_train_epoch_start(self, trainer: Trainer, *_) -> None:
         super().on_train_epoch_start(trainer, *_)

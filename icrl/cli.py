@@ -36,7 +36,6 @@ DESCRIPTION = """Trains and evaluates icrl models. Models (--model): icrl.recall
 icrl.regression.OneLayerRegression, icrl.regression.TransformerRegression; data (--data):
 icrl.recall.RecallDataModule, icrl.regression.TemplateRegressionDataModule. Short names work,
 e.g. --model.help RecallModule. The configs in configs/ set both."""
-REFRESH_RATE = 10  # a progress bar redrawn every step slows a CPU recall step (docs/performance.md)
 # Lightning's warnings on the validation sets' exact __len__, on a checkpoint's own callback (LastCheckpoint) absent
 # from validate/test and, under torch 2.13, on its own use of a torch API; and its advertisements for cloud services
 QUIET = (r"Your `IterableDataset` has `__len__` defined|callbacks used to create the checkpoint need to be provided|"
@@ -117,7 +116,7 @@ class IcrlCLI(LightningCLI):
                                                       training_signature(self.settings))
                 extra.append(self.last_checkpoint)
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
-            extra.append(StepProgressBar(refresh_rate=REFRESH_RATE))
+            extra.append(StepProgressBar())
         if config.get("logger") in (None, True) and not config.get("fast_dev_run"):
             # Lightning's default TensorBoardLogger writes a meaningless hp_metric
             config["logger"] = run_loggers(config.get("default_root_dir"), self.settings["name"],

@@ -311,7 +311,7 @@ def fit_ensemble(members: Sequence[Member], root: Path) -> int | None:
     if trainer_settings.get("enable_checkpointing") is not False:
         callbacks.append(MemberCheckpoints(members[0].settings.get("checkpoint_every_n_steps"), members, module))
     if trainer_settings.get("enable_progress_bar") is not False:
-        callbacks.append(StepProgressBar(refresh_rate=10))
+        callbacks.append(StepProgressBar())
     hparams = [HParamsSummary(m.settings) for m in members]
     for member, summary in zip(members, hparams):  # what Lightning and HParamsSummary log of a single run
         member.loggers[0].log_hyperparams(summary.params)

@@ -69,8 +69,9 @@ class Progress:
 
     def update(self, running: int, result: dict | None = None, stopping: bool = False) -> None:
         """``running`` runs in flight; ``result``: a run that ended (while ``stopping``: a failure is a stop)."""
-        for run in members_of(result) if result is not None else []:  # an ensemble's runs, one by one
-            self.walls.append(result["wall_s"] / len(members_of(result)))
+        runs = members_of(result) if result is not None else []  # an ensemble's runs, one by one
+        for run in runs:
+            self.walls.append(result["wall_s"] / len(runs))
             if run["exit_code"] == 0:
                 self.done += 1
             elif stopping:

@@ -149,14 +149,15 @@ def plan_job(config: str, args: tuple[str, ...], seed: int, folder: Path, versio
     """A job: arguments, content key, folder ``folder/seed<S>-<key>``, the processes it asks for."""
     text = resolve(config, args, seed, build=True)
     key = hashlib.sha256(f"{text}\n{version}".encode()).hexdigest()[:16]
-    trainer = yaml.safe_load(text).get("trainer") or {}
+    resolved = yaml.safe_load(text)
+    trainer = resolved.get("trainer") or {}
     if int(trainer.get("num_nodes") or 1) > 1:  # its other nodes would wait for ranks nobody starts
         raise ValueError(f"trainer.num_nodes {trainer['num_nodes']}: a sweep trains each run on one machine (allowed: "
                          "1); start multi-node runs with icrl fit under the cluster's launcher")
     n, gpus = processes(trainer)
     # a distributed strategy sets up process groups and environment variables: never in a warm worker
     alone = n > 1 or trainer.get("strategy", "auto") not in ("auto", "single_device")
-    shared = {k: v for k, v in flat(yaml.safe_load(text)).items() if k not in MEMBER_SETTINGS}
+    shared = {k: v for k, v in flat(resolved).items() if k not in MEMBER_SETTINGS}
     ensemble = None if alone or trainer.get("callbacks") else \
         hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"key": key, "config": config, "args": list(args), "seed": seed,
@@ -280,18 +281,19 @@ def train_ensemble(group: dict) -> dict:
             try:
                 members = [_member(args, resume) for args, resume, _ in built]
                 signum = fit_ensemble(members, root)
-                codes = [1 if m.error else EXIT_CODES.get(signum, 0) for m in members]
+                errors = [m.error for m in members]  # a non-finite loss: its single run's message
+                codes = [1 if error else EXIT_CODES.get(signum, 0) for error in errors]
             except Exception:  # noqa: BLE001 - a crashed group fails its members, the sweep goes on
                 traceback.print_exc()
-                members, codes = [], [1] * len(built)
+                errors, codes = [None] * len(built), [1] * len(built)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
-        for i, (_, _, log) in enumerate(built):
-            if members and members[i].error:  # as its single run's
-                print(f"icrl: error: {members[i].error}", file=log)
-    results = [_save_result(job, code, members[i].error if members and members[i].error else None if code == 0 else
-                            f"exit code {code}", resume, time.perf_counter() - start)
-               for i, (job, code, (_, resume, _)) in enumerate(zip(group["members"], codes, built))]
+        for error, (_, _, log) in zip(errors, built):
+            if error:
+                print(f"icrl: error: {error}", file=log)
+    results = [_save_result(job, code, error or (None if code == 0 else f"exit code {code}"), resume,
+                            time.perf_counter() - start)
+               for job, code, error, (_, resume, _) in zip(group["members"], codes, errors, built)]
     worst = next((r for r in results if r["exit_code"] != 0), results[0])
     return {**group, **{k: worst[k] for k in ("exit_code", "error", "log")}, "members": results,
             "wall_s": time.perf_counter() - start}
