@@ -13,6 +13,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import ensemble  # noqa: E402
+import ensemble_bound  # noqa: E402
 import recall_step  # noqa: E402
 import startup  # noqa: E402
 import regression_step  # noqa: E402
@@ -111,6 +112,17 @@ def test_ensemble_reports_member_steps_per_second_against_k(capsys):
     assert set(rows) == {"1", "3"} and report["threads"] == 1 and report["machine"]["device"] == "cpu"
     assert rows["1"]["speedup_vs_1"] == 1.0 and all(r["member_steps_per_s"] > 0 and r["step_ms"] > 0 for r in rows.values())
     assert rows["3"]["member_steps_per_s"] == 3e3 / rows["3"]["step_ms"]
+
+
+@pytest.mark.slow
+def test_ensemble_bound_scales_each_configs_work_to_its_runs(capsys):
+    ensemble_bound.main(["--steps", "1", "--train-steps", "10", "--validations", "2", "--sweep-cpu", "100", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    rows = report["configs"]
+    assert len(rows) == 6 and all(w["members"] == 6 for w in rows.values())
+    for w in rows.values():
+        assert w["total_s"] == pytest.approx(10 * w["step_s"] + w["setup_s"] + 2 * w["validation_s"])
+    assert report["bound"] == pytest.approx(100 / sum(w["total_s"] for w in rows.values()))
 
 
 @pytest.mark.slow
