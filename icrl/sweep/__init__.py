@@ -111,7 +111,8 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads per process (default: 1; more threads than free cores slow training a lot)")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
                    help="train up to K runs that differ only in seed, data.alpha or the optimizer's lr together, in one "
-                        "process (icrl.ensemble): several times faster for many small runs (default: 1, each alone)")
+                        "process (icrl.ensemble): recall Figure 1 1.3x faster on two CPU cores, docs/performance.md §7 "
+                        "(default: 1, each alone)")
     p.add_argument("--reuse", action="store_true",
                    help="keep runs already finished with exactly this config, seed and code; resume unfinished ones")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress line")
