@@ -3,7 +3,9 @@
 Those that only check a report's shape run a subprocess or a Lightning fit each, and are ``slow``."""
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,6 +125,23 @@ def test_ensemble_bound_scales_each_configs_work_to_its_runs(capsys):
     for w in rows.values():
         assert w["total_s"] == pytest.approx(10 * w["step_s"] + w["setup_s"] + 2 * w["validation_s"])
     assert report["bound"] == pytest.approx(100 / sum(w["total_s"] for w in rows.values()))
+
+
+@pytest.mark.slow
+def test_gpu_checks_run_every_step_at_tiny_sizes_on_a_cpu(tmp_path):
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "DEVICE": "cpu",
+           "QUICK": "1", "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", "benchmarks/gpu_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"device.txt", "recall_step.json", "fit-scalars.csv", "ensemble-equal.txt",
+                                                "ensemble.json", "fig1.txt", "log.txt"}
+    assert json.loads((out / "recall_step.json").read_text())["all_match"]
+    assert set(json.loads((out / "ensemble.json").read_text())["ensembles"]) == {"1", "2"}
+    assert (out / "ensemble-equal.txt").read_text().startswith("summary.csv: identical")
+    assert [line.split(":")[0] for line in (out / "fig1.txt").read_text().splitlines()] == ["--ensemble 6", "--ensemble 1"]
+    assert "val/bayes_gap" in (out / "fit-scalars.csv").read_text()
 
 
 @pytest.mark.slow
