@@ -30,11 +30,11 @@ REGRESSION = {"data.n_tokens": 12, "data.n_labelled": 4, "data.token_dim": 6, "d
               "model.lr_drop_step": 15, "trainer.max_steps": 30, "trainer.val_check_interval": 10,
               "trainer.log_every_n_steps": 5, "checkpoint_every_n_steps": 10}
 SWEEPS = {  # a stackable recall model, a finite-sample one (epochs, ReLU), a regression model with a schedule,
+    # and a GPU's path on the CPU: each member draws its batches where it trains (on_after_batch_transfer)
     "recall-origin": ("recall/fig1/origin-linear-fa.yaml", RECALL, {"data.alpha": [0.0, 0.5]}),
     "recall-finite-relu": ("recall/finite/reparam-relu-fa.yaml", {**RECALL, "data.n_samples": 32},
                            {"data.alpha": [0.2, 0.5]}),
     "regression-one-layer": ("regression/fig2-1layer.yaml", REGRESSION, {"model.optimizer.lr": [0.01, 0.003]}),
-    # a GPU's path on the CPU: each member draws its batches where it trains (on_after_batch_transfer)
     "recall-device-sampling": ("recall/fig1/reparam-softmax-fa.yaml", {**RECALL, "data.device_sampling": True},
                                {"data.alpha": [0.0, 0.5]}),
 }
