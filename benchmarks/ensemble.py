@@ -1,9 +1,10 @@
 """Member-steps per second of an ensemble of K recall runs against K, on the current device (icrl/ensemble.py).
 
 One training step of K members of ``configs/recall/fig1/<config>`` (paper size: batch 512, context 256) as
-``icrl sweep --ensemble K`` trains them: each member draws its batch (on a GPU: on the device, ``device_sampling``;
-on a CPU: the NumPy sampler), the K losses in one stacked pass (``RecallModule.stacked_losses``), backward, each
-member's ``NormalizedGD``; Lightning's loop around it is not counted (docs/performance.md §3 measures it). K = 1 is
+``icrl sweep --ensemble K`` trains them: the members' batches (on a GPU drawn on the device, ``device_sampling``, all
+at once by ``sample_recall_stacked``; on a CPU by the NumPy sampler, one stream each), the K losses in one stacked
+pass (``RecallModule.stacked_losses``), backward, each member's ``NormalizedGD``; Lightning's loop around it is not
+counted (docs/performance.md §3 measures it). K = 1 is
 the single run's step (``train_loss``). Members differ in seed and α (0 or 0.5), as Figure 1's do. Timed in
 interleaved rounds; member-steps/s = K / the step's minimal wall time (``cpu`` column: by CPU time).
 
@@ -25,7 +26,7 @@ from timing import interleaved, machine, machine_end, machine_line, parser, set_
 
 from icrl.optim import NormalizedGD  # noqa: E402
 from icrl.recall import Origin, RecallDataModule, RecallModule, Reparam, sample_recall  # noqa: E402
-from icrl.recall.data import DEVICE, TRAIN, sample_recall_torch  # noqa: E402
+from icrl.recall.data import DEVICE, TRAIN, sample_recall_stacked  # noqa: E402
 from icrl.streams import generator  # noqa: E402
 
 MODELS = {"reparam-linear-fa": Reparam, "origin-linear-fa": Origin}
@@ -49,14 +50,14 @@ def step_fn(models, optimizers, data, device: str):
     """One ensemble step on the members' next batches, drawn as their streams draw them on ``device``."""
     count = itertools.count()
 
-    def draw(dm: RecallDataModule, i: int) -> dict:
+    def draw(i: int) -> list[dict]:
         if device == "cpu":
-            return sample_recall(dm.recall_task, dm.batch_size, generator(dm.seed, TRAIN, 0, i))
-        return sample_recall_torch(dm.recall_task, dm.batch_size, generator(dm.seed, DEVICE, 0, i, device=device))
+            return [sample_recall(dm.recall_task, dm.batch_size, generator(dm.seed, TRAIN, 0, i)) for dm in data]
+        return sample_recall_stacked([dm.recall_task for dm in data], data[0].batch_size,
+                                     [generator(dm.seed, DEVICE, 0, i, device=device) for dm in data])
 
     def step() -> None:
-        i = next(count)
-        batches = [draw(dm, i) for dm in data]
+        batches = draw(next(count))
         losses = RecallModule.stacked_losses(models, batches) if len(models) > 1 else models[0].train_loss(batches[0])
         for opt in optimizers:
             opt.zero_grad()

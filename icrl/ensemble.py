@@ -32,6 +32,7 @@ from torch import Tensor
 from icrl.callbacks import HParamsSummary, NonFiniteGuard, StepProgressBar
 from icrl.checkpoints import SIGNATURE_KEY, LastCheckpoint, StopCleanly, load_checkpoint
 from icrl.module import IcrlModule
+from icrl.streams import StreamDataModule
 
 PREFIX = "m{}/"  # member k's tags in the ensemble's own logging, routed to its loggers without the prefix
 
@@ -143,6 +144,8 @@ class EnsembleModule(LightningModule):
                         logs["train/epoch"] = (self.global_step + 1) / per_epoch
                     for name, value in logs.items():
                         self.log(PREFIX.format(k) + name, value)
+        if all(finite):  # no mask to copy to the device: a copy from the host waits for the GPU's queued work
+            return losses.sum()
         return torch.where(torch.tensor(finite, device=losses.device), losses, 0.0).sum()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -175,9 +178,12 @@ class EnsembleData(LightningDataModule):
         return batch if device.type == "cpu" else super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, list):  # a training step's: each member draws its own on the device if it does
-            return [data.on_after_batch_transfer(b, dataloader_idx) for data, b in zip(self.members, batch)]
-        return batch
+        if not isinstance(batch, list):  # a member's validation batch
+            return batch
+        first = self.members[0]  # a training step's: the members draw theirs on the device, if they do, together
+        if isinstance(first, StreamDataModule):
+            return type(first).stacked_after_batch_transfer(self.members, batch, dataloader_idx)
+        return [data.on_after_batch_transfer(b, dataloader_idx) for data, b in zip(self.members, batch)]
 
     def train_dataloader(self) -> CombinedLoader:
         return CombinedLoader([data.train_dataloader() for data in self.members], mode="min_size")

@@ -147,6 +147,11 @@ class StreamDataModule(LightningDataModule):
         world, accumulate = (self.trainer.world_size, self.trainer.accumulate_grad_batches) if self.trainer else (1, 1)
         return self.train_size / (self.batch_size * world * accumulate)
 
+    @classmethod
+    def stacked_after_batch_transfer(cls, datas: list[StreamDataModule], batches: list, dataloader_idx: int) -> list:
+        """``on_after_batch_transfer`` of K data modules of this class (an ensemble's members); a family may batch it."""
+        return [data.on_after_batch_transfer(batch, dataloader_idx) for data, batch in zip(datas, batches)]
+
     def eval_sets(self, stage: str = "val") -> list[dict[str, Tensor]]:
         """The fixed sets of ``stage`` (``"val"``, ``"test"``), one a dataloader, each ``n_val`` examples."""
         raise NotImplementedError

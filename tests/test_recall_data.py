@@ -7,7 +7,7 @@ import torch
 
 from conftest import ROOT
 from icrl.recall import RecallDataModule, RecallTask, entropy, sample_recall
-from icrl.recall.data import DEVICE, RecallStream, sample_recall_torch
+from icrl.recall.data import DEVICE, RecallStream, sample_recall_stacked, sample_recall_torch
 from icrl.streams import generator
 
 # the NumPy sampler (the CPU's stream) and torch's (a GPU's, drawn on the device): one law
@@ -149,6 +149,22 @@ def test_a_batch_beyond_half_the_memory_is_refused_with_the_example_size_of_a_dr
                                          r"more than half of this machine's 0\.0 GiB of memory; lower data\.batch_size$"):
         RecallDataModule(context_length=16, alpha=0.5, batch_size=4)
     RecallDataModule(context_length=16, alpha=0.5, batch_size=3)
+
+
+def test_an_ensembles_device_draws_are_each_members_own_in_one_pass():
+    tasks = [RecallTask(vocab_size=12, n_triggers=2, n_outputs=3, context_length=8, alpha=a) for a in (0.0, 0.5, 0.2)]
+    stacked = sample_recall_stacked(tasks, 64, [generator(seed, DEVICE, 0, 3) for seed in range(3)], ood=True)
+    for seed, (task, batch) in enumerate(zip(tasks, stacked)):
+        alone = sample_recall_torch(task, 64, generator(seed, DEVICE, 0, 3), ood=True)
+        assert batch.keys() == alone.keys() and all(torch.equal(batch[k], alone[k]) for k in alone)
+        tokens = batch["tokens"]
+        assert ((tokens == 11).sum(1) == (1 if task.noisy else 0)).all()  # τ only in the noisy (q, τ) bigram
+        assert ((tokens[:, -1] == 0).all() if task.noisy else (tokens[:, -1] < 2).all())
+    dms = [RecallDataModule(context_length=8, vocab_size=12, n_triggers=2, n_outputs=3, batch_size=4, alpha=a, seed=s,
+                            device_sampling=True) for s, a in enumerate((0.0, 0.5))]
+    together = RecallDataModule.stacked_after_batch_transfer(dms, [{"index": 7}, {"index": 7}], 0)
+    for dm, batch in zip(dms, together):  # as each member's own on_after_batch_transfer
+        assert all(torch.equal(batch[k], v) for k, v in dm.on_after_batch_transfer({"index": 7}, 0).items())
 
 
 def test_device_sampling_draws_each_batch_where_it_trains_from_a_stream_of_its_own(run_cli):
