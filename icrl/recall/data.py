@@ -9,9 +9,8 @@ A batch is a dict of tensors::
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -134,7 +133,7 @@ def sample_recall_stacked(tasks: list[RecallTask], batch_size: int, gens: list[t
     return [{"tokens": z[m], "target": target[m], "output": y[m]} for m in range(K)]
 
 
-@functools.lru_cache(maxsize=64)
+@lru_cache(maxsize=64)
 def _noise_levels(alphas: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
     """Per member: whether its task is noisy, and ``round(α·2^31)``; made once per ensemble, since a copy from the
     host to a GPU waits for the work queued before it."""
