@@ -22,11 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ensemble import step_fn  # noqa: E402
 from timing import machine, machine_end, machine_line, parser, set_threads  # noqa: E402
 
-from icrl.recall import sample_recall  # noqa: E402
-from icrl.recall.data import TRAIN  # noqa: E402
-from icrl.streams import generator  # noqa: E402
 from icrl.sweep.job import fit_args, instantiate, parsers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +50,8 @@ def ensemble(config: str, seeds=(0, 1, 2), alphas=(0.0, 0.5)) -> tuple[list, lis
 
 def cpu_seconds(fn, calls: int) -> float:
     start = time.process_time()
-    for i in range(calls):
-        fn(i)
+    for _ in range(calls):
+        fn()
     return (time.process_time() - start) / calls
 
 
@@ -61,16 +59,9 @@ def work(config: str, steps: int) -> dict:
     """CPU seconds of one stacked step of ``config``'s runs, of their validation sets' set-up and one validation."""
     models, optimizers, data = ensemble(config)
 
-    def step(i: int) -> None:
-        batches = [sample_recall(dm.recall_task, dm.batch_size, generator(dm.seed, TRAIN, 0, i)) for dm in data]
-        losses = type(models[0]).stacked_losses(models, batches)
-        for optimizer in optimizers:
-            optimizer.zero_grad()
-        losses.sum().backward()
-        for optimizer in optimizers:
-            optimizer.step()
+    step = step_fn(models, optimizers, data, "cpu")  # as benchmarks/ensemble.py times it
 
-    def validate(_: int) -> None:
+    def validate() -> None:
         with torch.no_grad():
             for dm, model in zip(data, models):
                 for j, loader in enumerate(dm.val_dataloader()):
