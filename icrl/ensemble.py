@@ -139,10 +139,8 @@ class EnsembleModule(LightningModule):
         if logging:
             for k, model, loss, ok in zip(alive, models, losses, finite):
                 if ok:
-                    logs = {"train/loss": loss, **model.train_logs(batches[k], loss)}
-                    if per_epoch := getattr(self.members[k].data, "steps_per_epoch", None):
-                        logs["train/epoch"] = (self.global_step + 1) / per_epoch
-                    for name, value in logs.items():
+                    scalars = model.train_scalars(batches[k], loss, self.members[k].data, self.global_step + 1)
+                    for name, value in scalars.items():
                         self.log(PREFIX.format(k) + name, value)
         if all(finite):  # no mask to copy to the device: a copy from the host waits for the GPU's queued work
             return losses.sum()

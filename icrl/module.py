@@ -35,11 +35,6 @@ class IcrlModule(LightningModule):
         trainer, step, every = self.trainer, self.global_step + 1, self.trainer.log_every_n_steps
         return bool(trainer.fast_dev_run) or step == trainer.max_steps or (every > 0 and step % every == 0)
 
-    def log_epoch(self) -> None:
-        """Logs ``train/epoch``, the epochs trained, where the training set is finite (``steps_per_epoch``)."""
-        if per_epoch := getattr(self.trainer.datamodule, "steps_per_epoch", None):
-            self.log("train/epoch", (self.global_step + 1) / per_epoch)
-
     def train_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """The training loss of ``batch``, a scalar."""
         raise NotImplementedError
@@ -47,6 +42,14 @@ class IcrlModule(LightningModule):
     def train_logs(self, batch: dict[str, Tensor], loss: Tensor) -> dict[str, Tensor]:
         """Training scalars logged beside ``train/loss``, on logging steps."""
         return {}
+
+    def train_scalars(self, batch: dict[str, Tensor], loss: Tensor, data, step: int) -> dict[str, Tensor | float]:
+        """What a logging step logs: ``train/loss``, ``train_logs`` and, where ``data``'s training set is finite
+        (``steps_per_epoch``), ``train/epoch``, the epochs trained after ``step`` steps."""
+        scalars = {"train/loss": loss, **self.train_logs(batch, loss)}
+        if per_epoch := getattr(data, "steps_per_epoch", None):
+            scalars["train/epoch"] = step / per_epoch
+        return scalars
 
     @classmethod
     def stacked_losses(cls, members: list[IcrlModule], batches: list[dict[str, Tensor]]) -> Tensor:
@@ -57,10 +60,8 @@ class IcrlModule(LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.train_loss(batch)
         if self.is_logging_step():
-            self.log("train/loss", loss, prog_bar=True)
-            for name, value in self.train_logs(batch, loss).items():
-                self.log(name, value)
-            self.log_epoch()
+            for name, value in self.train_scalars(batch, loss, self.trainer.datamodule, self.global_step + 1).items():
+                self.log(name, value, prog_bar=name == "train/loss")
         return loss
 
     def metric_inputs(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, tuple[Tensor, ...]]:
